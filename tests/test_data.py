@@ -89,13 +89,14 @@ def test_normalised_by_the_training_split(ds):
 
 def test_load_ignores_the_run_and_is_deterministic(ds):
   again = data.load("digits", data_dir="/nonexistent")
-  for a, b in zip(ds, again):
+  for a, b in zip(ds, again, strict=True):
     np.testing.assert_array_equal(a, b)
 
 
 def test_data_never_imports_tensorflow_or_sklearn():
   code = ("import sys, jaxnas.data as d; d.load('digits'); "
-          "bad = [m for m in ('tensorflow', 'sklearn', 'tensorflow_datasets') if m in sys.modules]; "
+          "bad = [m for m in ('tensorflow', 'sklearn', 'tensorflow_datasets') "
+          "if m in sys.modules]; "
           "assert not bad, bad")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=pathlib.Path(__file__).parents[1])
 
@@ -179,7 +180,7 @@ def test_iterate_resumes_where_batch_at_says():
     np.testing.assert_array_equal(xb, xk)
     np.testing.assert_array_equal(yb, yk)
   resumed = list(itertools.islice(data.iterate(x, y, 5, seed=11, start_step=9), 6))
-  for (_, a), (_, b) in zip(resumed, stream[9:]):
+  for (_, a), (_, b) in zip(resumed, stream[9:], strict=True):
     np.testing.assert_array_equal(a, b)
 
 

@@ -55,8 +55,8 @@ def digits_split(labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   With ``rng = np.random.default_rng(SPLIT_SEED)``: for each class ``c = 0 .. 9`` in turn, its
   indices are permuted by ``rng`` and the first :data:`TEST_PER_CLASS` go to the test part (a
   stratified test set); the remaining indices of all classes, concatenated in class order, are
-  permuted once more by ``rng`` and cut in two, the first ``n // 2`` for search-train and the rest for
-  search-val. Each part's indices are returned sorted.
+  permuted once more by ``rng`` and cut in two, the first ``n // 2`` for search-train and the rest
+  for search-val. Each part's indices are returned sorted.
 
   Args:
     labels: integer labels ``(N,)``.

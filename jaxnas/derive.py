@@ -1,0 +1,458 @@
+"""Derivation: from mixing weights to a discrete architecture, a :class:`Genotype`.
+
+A derivation rule is a pure function ``rule(weights, op_names) -> Genotype`` of the *mixing
+weights*, the output of a relaxation (``softmax(alphas)`` for DARTS), not of the raw logits: the
+DARTS rule compares weights across edges, which only means something after each edge's
+normalisation. Rules are looked up by name in :data:`RULES` and run on NumPy on the host.
+
+Layouts (fixed by the search spaces):
+
+- DARTS: ``weights = {"normal": (14, 8), "reduce": (14, 8)}``, operations in the order of
+  :data:`DARTS_OPS`. Intermediate node ``i = 0 .. 3`` (state ``i + 2``; states 0 and 1 are the
+  cell's inputs) has one incoming edge from each state ``0 .. i + 1``; edges are numbered node by
+  node, so node 0 owns edges 0-1, node 1 edges 2-4, node 2 edges 5-8, node 3 edges 9-13
+  (:func:`darts_edge_sources`).
+- NAS-Bench-201: ``weights = {"cell": (6, 5)}``, operations in the order of :data:`NB201_OPS`,
+  edges ``i <- j`` in the sorted key order ``1<-0, 2<-0, 2<-1, 3<-0, 3<-1, 3<-2``
+  (:data:`NB201_EDGES`).
+
+Ties go to the lowest index, always: among equally strong edges the one from the lower-numbered
+state, among equally heavy operations the one earlier in ``op_names`` (as in quark0/darts, whose
+stable sort and strict ``>`` do the same).
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Callable, NamedTuple
+
+import numpy as np
+
+from jaxnas.errors import JaxnasError, unknown_name
+
+__all__ = [
+    "DARTS_OPS",
+    "NB201_OPS",
+    "NB201_EDGES",
+    "DARTS_NUM_NODES",
+    "SPACES",
+    "GENOTYPE_FILE",
+    "Genotype",
+    "darts_edge_sources",
+    "nb201_arch_string",
+    "genotype_from_nb201_string",
+    "darts_top2",
+    "nb201_argmax",
+    "RULES",
+    "derive",
+]
+
+DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+             "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+DARTS_NUM_NODES = 4
+# (to node, from node) per NAS-Bench-201 edge, in the benchmark's sorted key order "i<-j".
+NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))
+SPACES = ("darts", "nb201")
+GENOTYPE_FILE = "genotype.json"
+_FIELDS = ("normal", "normal_concat", "reduce", "reduce_concat", "space")
+
+
+def darts_edge_sources(num_nodes: int = DARTS_NUM_NODES) -> tuple[tuple[int, int], ...]:
+  """``(node, from_state)`` for each edge of a DARTS cell, in edge order.
+
+  Node ``i`` is intermediate node ``i`` (state ``i + 2``); it reads states ``0 .. i + 1``.
+
+  >>> darts_edge_sources()[:5]
+  ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2))
+  >>> len(darts_edge_sources())
+  14
+  """
+  return tuple((i, j) for i in range(num_nodes) for j in range(i + 2))
+
+
+# --- Genotype ---------------------------------------------------------------------------------
+
+
+class _GenotypeFields(NamedTuple):
+  normal: tuple[tuple[str, int], ...]
+  normal_concat: tuple[int, ...]
+  reduce: tuple[tuple[str, int], ...] = ()
+  reduce_concat: tuple[int, ...] = ()
+  space: str = "darts"
+
+
+class Genotype(_GenotypeFields):
+  """A derived architecture: frozen, hashable, JSON-serialisable.
+
+  For ``space="darts"`` (the reference's ``Genotype``), ``normal`` and ``reduce`` list, node by
+  node, each intermediate node's two ``(op, from_state)`` inputs, the stronger first;
+  ``*_concat`` are the states concatenated into the cell's output. For ``space="nb201"``,
+  ``normal`` lists the six ``(op, from_node)`` pairs in :data:`NB201_EDGES` order,
+  ``normal_concat=(3,)`` and the reduce fields are empty.
+
+  Lists (as read from JSON) become tuples and NumPy scalars become Python values, so equal
+  architectures compare and hash equal. ``str(genotype)`` is the reference notation: quark0/darts'
+  ``Genotype(normal=[...], normal_concat=[...], reduce=[...], reduce_concat=[...])``, or the
+  NAS-Bench-201 architecture string.
+
+  Attributes:
+    normal: ``(op, input)`` pairs of the normal cell (of the only cell for nb201).
+    normal_concat: states concatenated into the normal cell's output.
+    reduce: ``(op, input)`` pairs of the reduction cell.
+    reduce_concat: states concatenated into the reduction cell's output.
+    space: ``"darts"`` or ``"nb201"``.
+
+  Raises:
+    JaxnasError: on construction, if a field is malformed or the genes do not fit the space.
+  """
+
+  __slots__ = ()
+
+  def __new__(cls, normal, normal_concat, reduce=(), reduce_concat=(), space="darts"):
+    if space not in SPACES:
+      raise unknown_name("genotype space", space, SPACES)
+    self = super().__new__(
+        cls,
+        normal=_genes(normal, "normal"),
+        normal_concat=_states(normal_concat, "normal_concat"),
+        reduce=_genes(reduce, "reduce"),
+        reduce_concat=_states(reduce_concat, "reduce_concat"),
+        space=str(space),
+    )
+    _check_structure(self)
+    return self
+
+  @classmethod
+  def _make(cls, iterable):
+    return cls(*iterable)
+
+  def __str__(self) -> str:
+    if self.space == "nb201":
+      return nb201_arch_string(self)
+    return (f"Genotype(normal={list(self.normal)!r}, normal_concat={list(self.normal_concat)!r}, "
+            f"reduce={list(self.reduce)!r}, reduce_concat={list(self.reduce_concat)!r})")
+
+  def to_dict(self) -> dict:
+    """A dict of JSON values: pairs become ``[op, input]`` lists."""
+    return {
+        "space": self.space,
+        "normal": [list(gene) for gene in self.normal],
+        "normal_concat": list(self.normal_concat),
+        "reduce": [list(gene) for gene in self.reduce],
+        "reduce_concat": list(self.reduce_concat),
+    }
+
+  @classmethod
+  def from_dict(cls, fields: Mapping) -> Genotype:
+    """The inverse of :meth:`to_dict`; ``reduce``, ``reduce_concat`` and ``space`` are optional."""
+    if not isinstance(fields, Mapping):
+      raise JaxnasError(f"a genotype must be a JSON object, got {type(fields).__name__}")
+    unknown = sorted(set(fields) - set(_FIELDS))
+    missing = [key for key in ("normal", "normal_concat") if key not in fields]
+    if unknown or missing:
+      wrong = ([f"has unknown fields {unknown}"] if unknown else []) + (
+          [f"lacks {missing}"] if missing else [])
+      raise JaxnasError(f"genotype {' and '.join(wrong)}; its fields are {list(_FIELDS)}")
+    return cls(**fields)
+
+  def to_json(self) -> str:
+    """The genotype as one line of JSON (see :meth:`to_dict`)."""
+    return json.dumps(self.to_dict())
+
+  @classmethod
+  def from_json(cls, text: str) -> Genotype:
+    """Reads :meth:`to_json`'s output."""
+    try:
+      fields = json.loads(text)
+    except json.JSONDecodeError as err:
+      raise JaxnasError(f"genotype is not valid JSON ({err}); write it as Genotype.to_json() "
+                        "does") from None
+    return cls.from_dict(fields)
+
+  def save(self, path: str | os.PathLike) -> pathlib.Path:
+    """Writes :meth:`to_json` to ``path``, or to ``path/genotype.json`` if ``path`` is a directory.
+
+    Returns:
+      The file written.
+    """
+    path = _genotype_path(path)
+    path.write_text(self.to_json() + "\n")
+    return path
+
+  @classmethod
+  def load(cls, path: str | os.PathLike) -> Genotype:
+    """Reads a file written by :meth:`save` (a directory means its ``genotype.json``)."""
+    path = _genotype_path(path)
+    if not path.is_file():
+      raise JaxnasError(f"no genotype file at {path}; pass a genotype.json or a run directory "
+                        "holding one")
+    return cls.from_json(path.read_text())
+
+
+def _genotype_path(path) -> pathlib.Path:
+  path = pathlib.Path(path)
+  return path / GENOTYPE_FILE if path.is_dir() else path
+
+
+def _int(value, what: str) -> int:
+  if isinstance(value, (bool, np.bool_)):
+    raise JaxnasError(f"{what} is {value!r}; expected a whole number")
+  try:
+    return operator.index(value)
+  except TypeError:
+    raise JaxnasError(f"{what} is {value!r}; expected a whole number") from None
+
+
+def _genes(genes, field: str) -> tuple[tuple[str, int], ...]:
+  if not isinstance(genes, (list, tuple)):
+    raise JaxnasError(f"genotype {field} is {genes!r}; expected a list of (op, input) pairs")
+  out = []
+  for k, gene in enumerate(genes):
+    if not isinstance(gene, (list, tuple)) or len(gene) != 2 or not isinstance(gene[0], str):
+      raise JaxnasError(f"genotype {field}[{k}] is {gene!r}; expected an (op name, input) pair")
+    out.append((str(gene[0]), _int(gene[1], f"genotype {field}[{k}]'s input")))
+  return tuple(out)
+
+
+def _states(states, field: str) -> tuple[int, ...]:
+  if not isinstance(states, (list, tuple, range, np.ndarray)):
+    raise JaxnasError(f"genotype {field} is {states!r}; expected a list of state numbers")
+  return tuple(_int(s, f"genotype {field}[{k}]") for k, s in enumerate(states))
+
+
+def _check_structure(g: Genotype) -> None:
+  """Raises if the genes cannot describe a cell of ``g.space``."""
+  if g.space == "nb201":
+    _check_nb201(g)
+    return
+  if not g.normal:
+    raise JaxnasError("a darts genotype needs at least one node in its normal cell; got none")
+  _check_darts_cell(g.normal, g.normal_concat, "normal")
+  _check_darts_cell(g.reduce, g.reduce_concat, "reduce")
+
+
+def _check_nb201(g: Genotype) -> None:
+  sources = tuple(j for _, j in g.normal)
+  if (sources != tuple(j for _, j in NB201_EDGES) or g.normal_concat != (3,) or g.reduce
+      or g.reduce_concat):
+    raise JaxnasError(
+        f"an nb201 genotype needs 6 (op, from_node) pairs with from_nodes {[0, 0, 1, 0, 1, 2]}, "
+        f"normal_concat [3] and no reduce cell; got inputs {list(sources)}, normal_concat "
+        f"{list(g.normal_concat)}, reduce {list(g.reduce)}")
+
+
+def _check_darts_cell(genes, concat, field: str) -> None:
+  """Two inputs per node, node ``k`` (state ``k + 2``) reading states ``0 .. k + 1``."""
+  if len(genes) % 2:
+    raise JaxnasError(f"genotype {field} has {len(genes)} genes; a darts cell takes two inputs "
+                      "per node, so it needs an even number")
+  for k, (op, src) in enumerate(genes):
+    if not 0 <= src <= k // 2 + 1:
+      raise JaxnasError(f"genotype {field}[{k}] ({op!r}, {src}) reads state {src}, but its node "
+                        f"(state {k // 2 + 2}) can only read states 0..{k // 2 + 1}")
+  last = len(genes) // 2 + 1
+  if genes and (not concat or any(not 2 <= s <= last for s in concat)):
+    raise JaxnasError(f"genotype {field}_concat is {list(concat)}; it must list states among "
+                      f"2..{last}, the cell's intermediate nodes")
+  if not genes and concat:
+    raise JaxnasError(f"genotype {field}_concat is {list(concat)} but {field} has no nodes")
+
+
+# --- NAS-Bench-201 architecture strings --------------------------------------------------------
+
+
+def nb201_arch_string(genotype: Genotype) -> str:
+  """The NAS-Bench-201 architecture string of an nb201 genotype.
+
+  >>> g = genotype_from_nb201_string(
+  ...     "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|")
+  >>> nb201_arch_string(g)
+  '|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|nor_conv_1x1~1|skip_connect~2|'
+
+  Raises:
+    JaxnasError: if ``genotype`` is not an nb201 genotype.
+  """
+  if genotype.space != "nb201":
+    raise JaxnasError(f"only nb201 genotypes have a NAS-Bench-201 string; this one's space is "
+                      f"{genotype.space!r}")
+  nodes = []
+  for to in (1, 2, 3):
+    genes = [gene for gene, (i, _) in zip(genotype.normal, NB201_EDGES, strict=True) if i == to]
+    nodes.append("|" + "|".join(f"{op}~{j}" for op, j in genes) + "|")
+  return "+".join(nodes)
+
+
+def genotype_from_nb201_string(arch: str) -> Genotype:
+  """Parses a NAS-Bench-201 architecture string (operations from :data:`NB201_OPS`).
+
+  Raises:
+    JaxnasError: if ``arch`` is not of the form ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``.
+  """
+  problem = (f"{arch!r} is not a NAS-Bench-201 architecture string; write it like "
+             "'|nor_conv_3x3~0|+|skip_connect~0|none~1|+|avg_pool_3x3~0|nor_conv_1x1~1|none~2|'")
+  nodes = arch.strip().split("+") if isinstance(arch, str) else []
+  if len(nodes) != 3:
+    raise JaxnasError(problem)
+  genes = []
+  for to, node in enumerate(nodes, start=1):
+    if len(node) < 2 or node[0] != "|" or node[-1] != "|":
+      raise JaxnasError(problem)
+    entries = node[1:-1].split("|")
+    if len(entries) != to:
+      raise JaxnasError(problem)
+    for j, entry in enumerate(entries):
+      op, _, src = entry.partition("~")
+      if src != str(j):
+        raise JaxnasError(problem)
+      if op not in NB201_OPS:
+        raise unknown_name("NAS-Bench-201 operation", op, NB201_OPS)
+      genes.append((op, j))
+  return Genotype(normal=genes, normal_concat=(3,), space="nb201")
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def _check_op_names(op_names) -> tuple[str, ...]:
+  names = tuple(op_names)
+  if not names or not all(isinstance(n, str) for n in names) or len(set(names)) != len(names):
+    raise JaxnasError(f"op_names is {list(names)}; pass distinct operation names, one per column "
+                      "of the weights")
+  return names
+
+
+def _check_weights(weights, space: str, layout: dict[str, int], op_names) -> dict[str, np.ndarray]:
+  """``weights`` as float64 arrays after checking keys, shapes and values against the space.
+
+  Every mismatch is reported in the one message.
+  """
+  if not isinstance(weights, Mapping) or set(weights) != set(layout):
+    got = sorted(weights) if isinstance(weights, Mapping) else type(weights).__name__
+    raise JaxnasError(f"weights has keys {got} but the {space} space expects a dict with keys "
+                      f"{list(layout)}")
+  arrays, problems = {}, []
+  for key, rows in layout.items():
+    expected = (rows, len(op_names))
+    array = np.asarray(weights[key])
+    if array.shape != expected:
+      problems.append(f"weights[{key!r}] has shape {array.shape} but the {space} space with "
+                      f"{len(op_names)} ops expects {expected}")
+    elif not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
+      problems.append(f"weights[{key!r}] has dtype {array.dtype}; pass real-valued mixing weights")
+    elif not np.all(np.isfinite(array)):
+      problems.append(f"weights[{key!r}] holds NaN or infinite values; derive from finite mixing "
+                      "weights (did the search diverge?)")
+    else:
+      arrays[key] = array.astype(np.float64)
+  if problems:
+    raise JaxnasError("; ".join(problems))
+  return arrays
+
+
+def _top2_cell(weights: np.ndarray, op_names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+  """DARTS' parse of one cell: per node, the two strongest edges with their best non-none op."""
+  candidate = np.array([name != "none" for name in op_names])
+  masked = np.where(candidate, weights, -np.inf)
+  strength = masked.max(axis=1)
+  best_op = masked.argmax(axis=1)  # first maximum: ties go to the earlier op
+  genes, start = [], 0
+  for node in range(DARTS_NUM_NODES):
+    end = start + node + 2
+    ranked = np.argsort(-strength[start:end], kind="stable")[:2]  # ties: lower state first
+    genes += [(op_names[best_op[start + j]], int(j)) for j in ranked]
+    start = end
+  return tuple(genes)
+
+
+def darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
+  """DARTS' derivation rule (Liu et al., 2019, §2.4; quark0/darts ``Network.genotype``).
+
+  For each cell, each intermediate node keeps its two strongest incoming edges, an edge's strength
+  being its largest weight over the operations other than ``"none"``; each kept edge takes its
+  heaviest operation other than ``"none"``. Within a node the stronger edge is listed first; every
+  cell outputs the concatenation of states 2, 3, 4, 5. If ``op_names`` has no ``"none"`` (as in
+  FairDARTS), all operations compete.
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, e.g. ``softmax(alphas)``
+      (for PC-DARTS, ``softmax(alphas) * softmax(betas)`` per edge); NumPy or JAX arrays.
+    op_names: the ``K`` operation names, in column order.
+
+  Returns:
+    A darts :class:`Genotype`.
+
+  Raises:
+    JaxnasError: on wrong keys or shapes, non-finite weights, or no operation other than "none".
+
+  Example:
+
+    >>> import numpy as np
+    >>> w = np.zeros((14, 8)); w[:, 4] = 1.0  # sep_conv_3x3 everywhere, all edges equal
+    >>> str(darts_top2({"normal": w, "reduce": w})).startswith(
+    ...     "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0)")
+    True
+  """
+  op_names = _check_op_names(op_names)
+  if all(name == "none" for name in op_names):
+    raise JaxnasError("darts-top2 needs an operation other than 'none' to choose; op_names has "
+                      "only 'none'")
+  rows = len(darts_edge_sources())
+  arrays = _check_weights(weights, "darts", {"normal": rows, "reduce": rows}, op_names)
+  concat = tuple(range(2, 2 + DARTS_NUM_NODES))
+  return Genotype(normal=_top2_cell(arrays["normal"], op_names), normal_concat=concat,
+                  reduce=_top2_cell(arrays["reduce"], op_names), reduce_concat=concat,
+                  space="darts")
+
+
+def nb201_argmax(weights, op_names=NB201_OPS) -> Genotype:
+  """NAS-Bench-201's derivation: on each of the six edges, the heaviest operation, "none" included.
+
+  Args:
+    weights: ``{"cell": (6, K)}`` mixing weights, edges in :data:`NB201_EDGES` order.
+    op_names: the ``K`` operation names, in column order.
+
+  Returns:
+    An nb201 :class:`Genotype`; ties go to the operation earlier in ``op_names``.
+
+  Raises:
+    JaxnasError: on wrong keys or shapes or non-finite weights.
+  """
+  op_names = _check_op_names(op_names)
+  arrays = _check_weights(weights, "nb201", {"cell": len(NB201_EDGES)}, op_names)
+  best = arrays["cell"].argmax(axis=1)
+  genes = [(op_names[k], j) for k, (_, j) in zip(best, NB201_EDGES, strict=True)]
+  return Genotype(normal=genes, normal_concat=(3,), space="nb201")
+
+
+Rule = Callable[..., Genotype]
+
+RULES: dict[str, Rule] = {
+    "darts-top2": darts_top2,
+    "nb201-argmax": nb201_argmax,
+}
+
+
+def derive(rule: str, weights, op_names=None) -> Genotype:
+  """Applies the derivation rule called ``rule`` to mixing weights.
+
+  Args:
+    rule: a key of :data:`RULES`.
+    weights: the mixing weights, laid out as the rule's space expects.
+    op_names: the operation names in column order; ``None`` means the rule's space's default.
+
+  Returns:
+    The :class:`Genotype`.
+
+  Raises:
+    JaxnasError: if ``rule`` is unknown or the weights do not fit it.
+  """
+  if rule not in RULES:
+    raise unknown_name("derivation rule", rule, RULES)
+  if op_names is None:
+    return RULES[rule](weights)
+  return RULES[rule](weights, op_names)
