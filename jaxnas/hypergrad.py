@@ -98,10 +98,6 @@ def _axpy(a, x, y):
   return jax.tree.map(lambda xi, yi: _cast(a, xi) * xi + yi, x, y)
 
 
-def _scale(a, x):
-  return jax.tree.map(lambda xi: _cast(a, xi) * xi, x)
-
-
 def _sub(x, y):
   return jax.tree.map(jnp.subtract, x, y)
 
@@ -112,7 +108,7 @@ def _add(x, y):
 
 def _vdot(x, y):
   leaves = [jnp.sum(a * b) for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y))]
-  return functools.reduce(jnp.add, leaves)
+  return functools.reduce(jnp.add, leaves, 0.0)
 
 
 def _norm(x):
