@@ -1,0 +1,37 @@
+"""Search spaces: Flax Linen supernets that take mixing weights as an argument.
+
+A space is a Linen module whose ``__call__(x, weights, *, train)`` takes the relaxation's output,
+plus ``init_alphas(key)``, ``alpha_shapes()``, ``op_names`` and ``default_rule`` (the derivation
+rule's name). ``get(name, **config)`` builds one from the registry.
+"""
+
+from __future__ import annotations
+
+from jaxnas.errors import JaxnasError, unknown_name
+from jaxnas.spaces.darts import DARTS_EDGES, DARTS_OPS, DartsSearchNetwork
+from jaxnas.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201SearchNetwork
+
+__all__ = ["SPACES", "get", "check_weights", "DartsSearchNetwork", "NB201SearchNetwork",
+           "DARTS_OPS", "DARTS_EDGES", "NB201_OPS", "NB201_EDGES"]
+
+SPACES = {"darts": DartsSearchNetwork, "nb201": NB201SearchNetwork}
+
+
+def get(name: str, **config):
+  """Returns the supernet module of space ``name`` built with ``config`` (channels, ...)."""
+  if name not in SPACES:
+    raise unknown_name("search space", name, SPACES)
+  return SPACES[name](**config)
+
+
+def check_weights(weights, expected: dict, space: str) -> None:
+  """Raises a one-line JaxnasError unless ``weights`` has exactly the ``expected`` keys and shapes."""
+  if not isinstance(weights, dict) or set(weights) != set(expected):
+    got = sorted(weights) if isinstance(weights, dict) else type(weights).__name__
+    raise JaxnasError(f"the {space} space expects alphas/weights with keys {sorted(expected)}, "
+                      f"got {got}")
+  for k, shape in expected.items():
+    got = tuple(getattr(weights[k], "shape", ()))
+    if got != tuple(shape):
+      raise JaxnasError(f"alphas[{k!r}] has shape {got} but the {space} space expects "
+                        f"{tuple(shape)}")
