@@ -1,0 +1,191 @@
+"""The ``jaxnas`` command: a thin layer over the library (DESIGN §6).
+
+    jaxnas search  [--space darts|nb201] [--method NAME] [--estimator NAME] [--dataset NAME] ...
+    jaxnas derive  RUN_DIR [--rule NAME]
+    jaxnas study   hypergrad [--problem ridge|logistic|supernet] [--out DIR]
+    jaxnas methods
+
+Bad input ends with one line on stderr (``jaxnas: error: ...``) and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+
+from jaxnas.errors import JaxnasError
+
+__all__ = ["main", "build_parser"]
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse, but its usage errors are one line that points at --help."""
+
+  def error(self, message):
+    raise JaxnasError(f"{message} (see '{self.prog} --help')")
+
+
+def _int(text: str) -> int:
+  try:
+    return int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = _Parser(prog="jaxnas", description="Differentiable architecture search in JAX.")
+  sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+  s = sub.add_parser("search", help="search an architecture (the quick start with no arguments)",
+                     description="Run a DARTS-family search and write a run directory.")
+  s.add_argument("--space", default="nb201", help="search space: nb201 (default) or darts")
+  s.add_argument("--method", default="darts-1st", help="recipe name (see 'jaxnas methods')")
+  s.add_argument("--estimator", default=None,
+                 help="hypergradient estimator replacing the recipe's (e.g. unrolled_hvp)")
+  s.add_argument("--dataset", default="digits", help="data set (default: the embedded digits)")
+  s.add_argument("--data-dir", default=None, help="where the data set's files are")
+  g = s.add_mutually_exclusive_group()
+  g.add_argument("--epochs", type=_int, default=None, help="search epochs (default 30)")
+  g.add_argument("--steps", type=_int, default=None, help="search steps instead of epochs")
+  s.add_argument("--batch-size", type=_int, default=64)
+  s.add_argument("--channels", type=_int, default=None,
+                 help="initial channels C (default: 8 for nb201, 16 for darts)")
+  s.add_argument("--cells", type=_int, default=None,
+                 help="cells per stage for nb201 (default 1), cells L for darts (default 8)")
+  s.add_argument("--seed", type=_int, default=0)
+  s.add_argument("--out", default=None, help="run directory (default: runs/<method>-...-<time>)")
+  s.add_argument("--log-every", type=_int, default=1, help="steps between metrics.jsonl lines")
+  s.add_argument("--depthwise", default="lax", help="depthwise conv form for darts: lax or taps")
+  s.add_argument("--dry-run", action="store_true",
+                 help="build the supernet, write config.json (with num_params) and stop")
+  s.add_argument("--no-compile-cache", action="store_true",
+                 help="do not use the persistent XLA compilation cache")
+
+  d = sub.add_parser("derive", help="derive a genotype from a run directory's alphas",
+                     description="Derive a genotype from RUN_DIR/alphas.npz.")
+  d.add_argument("run_dir", metavar="RUN_DIR")
+  d.add_argument("--rule", default=None, help="derivation rule (default: the run's rule)")
+
+  st = sub.add_parser("study", help="study hypergradient estimators",
+                      description="Compare every hypergradient estimator with the exact one.")
+  st.add_argument("what", choices=["hypergrad"], metavar="hypergrad")
+  st.add_argument("--problem", default="ridge", help="ridge (default), logistic or supernet")
+  st.add_argument("--out", default=None, help="output directory (default: runs/study-PROBLEM)")
+  st.add_argument("--seed", type=_int, default=0)
+
+  sub.add_parser("methods", help="list the method recipes", description="List the recipes.")
+  return p
+
+
+def _enable_compile_cache() -> None:
+  """Persistent XLA cache: a repeated configuration skips compilation (~/.cache/jaxnas/xla)."""
+  import jax
+  cache = os.environ.get("JAXNAS_CACHE_DIR",
+                         os.path.join(os.path.expanduser("~"), ".cache", "jaxnas", "xla"))
+  try:
+    os.makedirs(cache, exist_ok=True)
+  except OSError:
+    return
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def _search(args) -> int:
+  from jaxnas.run import SearchConfig, run_search
+  if not args.no_compile_cache:
+    _enable_compile_cache()
+  cfg = SearchConfig(space=args.space, method=args.method, estimator=args.estimator,
+                     dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                     steps=args.steps, batch_size=args.batch_size, channels=args.channels,
+                     cells=args.cells, seed=args.seed, out=args.out, log_every=args.log_every,
+                     dry_run=args.dry_run, depthwise=args.depthwise)
+  run_search(cfg)
+  return 0
+
+
+def _derive(args) -> int:
+  import numpy as np
+  from jaxnas import derive, methods, relax
+  run_dir = pathlib.Path(args.run_dir)
+  cfg_path, alphas_path = run_dir / "config.json", run_dir / "alphas.npz"
+  for path in (cfg_path, alphas_path):
+    if not path.is_file():
+      raise JaxnasError(f"{path} not found; RUN_DIR must be a finished 'jaxnas search' run "
+                        "directory")
+  try:
+    config = json.loads(cfg_path.read_text())
+    space = config["config"]["space"]
+    recipe = methods.Recipe(**{k: v for k, v in config["recipe"].items()
+                               if k in ("name", "description", "relaxation", "derivation")})
+    relax_opts = dict(config["recipe"].get("relaxation_options") or [])
+  except (ValueError, KeyError, TypeError) as e:
+    raise JaxnasError(f"{cfg_path} is not a jaxnas config.json ({e}); pass a run directory "
+                      "written by 'jaxnas search'")
+  try:
+    with np.load(alphas_path) as f:
+      alphas = {k: f[k] for k in f.files}
+  except (OSError, ValueError) as e:
+    raise JaxnasError(f"{alphas_path} cannot be read ({e}); the run directory is damaged")
+  from jaxnas import spaces
+  model = spaces.get(space)
+  spaces.check_weights(alphas, model.alpha_shapes(), space)
+  import jax.numpy as jnp
+  mixing = relax.get(recipe.relaxation, **relax_opts)(
+      {k: jnp.asarray(v) for k, v in alphas.items()}, None)
+  rule = args.rule or recipe.derivation or model.default_rule
+  genotype = derive.derive(rule, {k: np.asarray(v) for k, v in mixing.items()}, model.op_names)
+  default_rule = recipe.derivation or model.default_rule
+  out = run_dir / ("genotype.json" if rule == default_rule else f"genotype-{rule}.json")
+  out.write_text(genotype.to_json() + "\n")
+  print(f"genotype ({rule}): {genotype}")
+  if genotype.space == "nb201":
+    print(f"NAS-Bench-201 architecture: {derive.nb201_arch_string(genotype)}")
+  print(f"written to {out}")
+  return 0
+
+
+def _study(args) -> int:
+  from jaxnas import study
+  if args.problem not in study.PROBLEMS:
+    raise JaxnasError(f"unknown problem {args.problem!r}; choose one of: "
+                      + ", ".join(sorted(study.PROBLEMS)) + " (--problem)")
+  out = pathlib.Path(args.out or f"runs/study-{args.problem}")
+  if out.exists() and any(out.iterdir()):
+    raise JaxnasError(f"{out} already exists and is not empty; choose another --out")
+  result = study.hypergrad_study(args.problem, str(out), seed=args.seed)
+  print(f"{len(result['runs'])} estimator settings compared with dense_ift on {args.problem}; "
+        f"written {out / 'study.json'} and {out / 'study.png'}")
+  return 0
+
+
+def _methods(args) -> int:
+  del args
+  from jaxnas import methods
+  width = max(len(n) for n in methods.METHODS)
+  for name, recipe in sorted(methods.METHODS.items()):
+    print(f"{name:<{width}}  {recipe.description}")
+  return 0
+
+
+def main(argv=None) -> int:
+  parser = build_parser()
+  try:
+    args = parser.parse_args(argv)
+    if args.command is None:
+      parser.print_help()
+      return 0
+    return {"search": _search, "derive": _derive, "study": _study, "methods": _methods}[
+        args.command](args)
+  except JaxnasError as e:
+    print(f"jaxnas: error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:
+    print("jaxnas: interrupted; files already written are kept", file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())
