@@ -47,7 +47,7 @@ def epoch_cosine_schedule(lr: float, lr_min: float, *, steps_per_epoch: int, epo
   as ``CosineAnnealingLR(T_max=E, eta_min)`` stepped per epoch in quark0/darts.
   """
   def schedule(count):
-    epoch = jnp.minimum(count // steps_per_epoch, epochs)
+    epoch = jnp.minimum(count // steps_per_epoch, epochs).astype(jnp.result_type(float))
     return lr_min + 0.5 * (lr - lr_min) * (1.0 + jnp.cos(jnp.pi * epoch / epochs))
   return schedule
 
@@ -79,7 +79,8 @@ def cross_entropy(logits, labels):
 
 
 def _accuracy(logits, labels):
-  return jnp.mean((jnp.argmax(logits, -1) == labels).astype(logits.dtype))
+  pred = jnp.argmax(logits, -1)
+  return jnp.mean((pred == labels.astype(pred.dtype)).astype(logits.dtype))
 
 
 def mixing_entropy(weights):
@@ -118,8 +119,17 @@ def _accepts(fn, name: str) -> bool:
   return name in params and name not in (bound or {})
 
 
+def _optax_promotion():
+  """Standard dtype promotion inside optax's updates.
+
+  optax's Adam computes ``b1 ** count`` (a float to an int32 power), which JAX's strict promotion
+  mode (the one the tests run in) refuses; jaxnas' own code stays strict-clean.
+  """
+  return jax.numpy_dtype_promotion("standard")
+
+
 def _global_norm(tree):
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int,
@@ -162,7 +172,8 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         extra["inner_opt_state"] = state.w_opt_state
     g_alpha, info = estimator(loss, loss, weights, state.alphas, train_batch, val_batch, key=key,
                               **extra)
-    updates, a_opt_state = a_tx.update(g_alpha, state.a_opt_state, state.alphas)
+    with _optax_promotion():
+      updates, a_opt_state = a_tx.update(g_alpha, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, updates)
     if warmup_steps:
       active = state.step >= warmup_steps
@@ -181,7 +192,8 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
   def weight_update(state, weights, alphas, batch_stats, train_batch, key):
     loss = make_losses(model, relaxation, batch_stats)
     (value, aux), g_w = jax.value_and_grad(loss, has_aux=True)(weights, alphas, train_batch, key)
-    updates, w_opt_state = w_tx.update(g_w, state.w_opt_state, weights)
+    with _optax_promotion():
+      updates, w_opt_state = w_tx.update(g_w, state.w_opt_state, weights)
     weights = optax.apply_updates(weights, updates)
     metrics = {"train_loss": value, "train_accuracy": aux["accuracy"],
                "weight_grad_norm": _global_norm(g_w)}
@@ -259,7 +271,8 @@ def evaluate(model, relaxation: Callable, state: SearchState, images, labels, *,
     logits = model.apply({"params": state.weights, "batch_stats": state.batch_stats}, x, weights,
                          train=False)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    correct = (jnp.argmax(logits, -1) == y).astype(ce.dtype)
+    pred = jnp.argmax(logits, -1)
+    correct = (pred == y.astype(pred.dtype)).astype(ce.dtype)
     return jnp.sum(ce * mask), jnp.sum(correct * mask)
 
   n = len(images)
