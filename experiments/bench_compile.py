@@ -75,10 +75,13 @@ def _child(cfg: dict, order: str, opt_level: int | None, depthwise: str, steps: 
     times.append(time.perf_counter() - t)
   mem = compiled.memory_analysis()
   temp = getattr(mem, "temp_size_in_bytes", None) if mem is not None else None
-  return dict(init_s=init_s, trace_s=trace_s, compile_s=compile_s,
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return dict(device=str(jax.devices()[0].device_kind), init_s=init_s, trace_s=trace_s, compile_s=compile_s,
               step_ms=1000 * float(np.median(times)),
               step_ms_spread=1000 * float(np.max(times) - np.min(times)),
               temp_mib=None if temp is None else temp / 2**20,
+              device_peak_mib=None if peak is None else peak / 2**20,
               train_loss=float(m["train_loss"]))
 
 
