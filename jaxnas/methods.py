@@ -13,12 +13,13 @@ frozen; :func:`options` turns one back into a dict.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Optional
 
 from jaxnas.errors import JaxnasError, unknown_name
 
-__all__ = ["Recipe", "WeightOptimizer", "ArchOptimizer", "METHODS", "get", "register", "options",
-           "freeze_options"]
+__all__ = ["Recipe", "Regularizer", "WeightOptimizer", "ArchOptimizer", "METHODS", "get",
+           "register", "options", "freeze_options", "SCHEDULES"]
 
 
 def freeze_options(opts: Optional[dict]) -> tuple:
@@ -29,6 +30,40 @@ def freeze_options(opts: Optional[dict]) -> tuple:
 def options(frozen: tuple) -> dict:
   """The inverse of :func:`freeze_options`."""
   return dict(frozen)
+
+
+SCHEDULES = ("constant", "linear")
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+  """One term ``λ_t · R(α)`` of the architecture objective.
+
+  Attributes:
+    name: key of :data:`jaxnas.regularize.REGULARIZERS`.
+    weight: ``λ`` (the final weight for ``"linear"``).
+    schedule: ``"constant"`` (``λ_t = λ``) or ``"linear"`` (``λ_t = λ·e/E`` at epoch ``e`` of
+      ``E``, counted from 0 and constant within an epoch, as β-DARTS' ``λ = λ_max·epoch/E``).
+  """
+
+  name: str
+  weight: float
+  schedule: str = "constant"
+
+  def __post_init__(self):
+    if self.schedule not in SCHEDULES:
+      raise unknown_name("regularizer schedule", self.schedule, SCHEDULES)
+    if not isinstance(self.weight, numbers.Real) or isinstance(self.weight, bool):
+      raise JaxnasError(f"regularizer {self.name!r} needs a number as weight, got {self.weight!r}")
+
+
+def _regularizer(item) -> Regularizer:
+  if isinstance(item, Regularizer):
+    return item
+  if isinstance(item, (tuple, list)) and len(item) in (2, 3):
+    return Regularizer(*item)
+  raise JaxnasError(f"a regularizer is a Regularizer(name, weight, schedule) or a (name, weight"
+                    f"[, schedule]) tuple, got {item!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +112,15 @@ class Recipe:
       Estimators that accept ``xi`` or ``gamma`` get the current weight learning rate there unless
       the options fix it; those that accept ``inner_optimizer`` get the weights' optax optimiser and
       state when ``unroll_with_weight_optimizer`` is true.
-    perturbation: name of a perturbation of the mixing weights seen by the weight step, or None.
-    regularizers: ``(name, weight)`` pairs added to the architecture objective.
+    perturbation: name in :data:`jaxnas.perturb.PERTURBATIONS` of a perturbation of the mixing
+      weights that only the weight step sees, or None. ``perturbation_options`` holds
+      ``epsilon_start`` and ``epsilon_end`` (ε linear over epochs, default 0.03 → 0.3 as SDARTS)
+      and any keyword options of the perturbation itself.
+    regularizers: :class:`Regularizer` records whose ``λ_t · R(α)`` are added to the architecture
+      objective (``(name, weight[, schedule])`` tuples are converted).
     derivation: derivation rule name, or None for the space's default rule.
-    stopping: stopping rule name, or None to run all steps.
+    stopping: name in :data:`jaxnas.stopping.STOPPING_RULES` of a rule that
+      :func:`jaxnas.run.run_search` evaluates at each epoch end, or None to run all steps.
     arch_first: architecture step before the weight step (DARTS); False for GDAS's order.
     arch_warmup_epochs: epochs of weight-only training before alphas move (PC-DARTS: 15).
     weight_optimizer, arch_optimizer: optimiser settings.
@@ -95,6 +135,7 @@ class Recipe:
   estimator_options: tuple = ()
   unroll_with_weight_optimizer: bool = True
   perturbation: Optional[str] = None
+  perturbation_options: tuple = ()
   regularizers: tuple = ()
   derivation: Optional[str] = None
   stopping: Optional[str] = None
@@ -103,6 +144,12 @@ class Recipe:
   weight_optimizer: WeightOptimizer = WeightOptimizer()
   arch_optimizer: ArchOptimizer = ArchOptimizer()
   paper: str = ""
+
+  def __post_init__(self):
+    object.__setattr__(self, "regularizers", tuple(map(_regularizer, self.regularizers)))
+    for field in ("relaxation_options", "estimator_options", "perturbation_options"):
+      if isinstance(getattr(self, field), dict):  # a dict is accepted and frozen
+        object.__setattr__(self, field, freeze_options(getattr(self, field)))
 
   def replace(self, **changes: Any) -> "Recipe":
     return dataclasses.replace(self, **changes)

@@ -64,13 +64,17 @@ def _positive(value, flag: str) -> None:
     raise JaxnasError(f"{flag} must be a whole number ≥ 1, got {value}")
 
 
-def validate(cfg: SearchConfig) -> None:
-  """Raises a one-line JaxnasError for a config that cannot work."""
+def validate(cfg: SearchConfig, *, recipe=None) -> None:
+  """Raises a one-line JaxnasError for a config that cannot work.
+
+  ``cfg.method`` must name a registered method unless a ``recipe`` overrides it.
+  """
   from jaxnas import data, hypergrad, methods, spaces
   if cfg.space not in spaces.SPACES:
     raise JaxnasError(f"unknown search space {cfg.space!r}; choose one of: "
                       + ", ".join(sorted(spaces.SPACES)) + " (--space)")
-  methods.get(cfg.method)
+  if recipe is None:
+    methods.get(cfg.method)
   if cfg.estimator is not None and cfg.estimator not in hypergrad.ESTIMATORS:
     raise JaxnasError(f"unknown estimator {cfg.estimator!r}; choose one of: "
                       + ", ".join(sorted(hypergrad.ESTIMATORS)) + " (--estimator)")
@@ -97,11 +101,14 @@ def space_config(cfg: SearchConfig, num_classes: int) -> dict:
               depthwise=cfg.depthwise)
 
 
-def build(cfg: SearchConfig, num_classes: int):
-  """The supernet module and the recipe (with ``--estimator`` applied) for ``cfg``."""
+def build(cfg: SearchConfig, num_classes: int, *, recipe=None):
+  """The supernet module and the recipe (with ``--estimator`` applied) for ``cfg``.
+
+  ``recipe``, if given, replaces the registered method ``cfg.method``.
+  """
   from jaxnas import methods, spaces
   model = spaces.get(cfg.space, **space_config(cfg, num_classes))
-  recipe = methods.get(cfg.method)
+  recipe = methods.get(cfg.method) if recipe is None else recipe
   if cfg.estimator is not None:
     recipe = recipe.replace(estimator=cfg.estimator)
   return model, recipe
@@ -176,25 +183,40 @@ def _jsonable(tree) -> dict:
   return {k: (v.item() if hasattr(v, "item") else v) for k, v in tree.items()}
 
 
-def run_search(cfg: SearchConfig, *, stdout=None) -> pathlib.Path:
+def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
   """Runs the search ``cfg`` describes and returns its run directory.
+
+  If the recipe has a stopping rule (:mod:`jaxnas.stopping`), it is evaluated on the host at the
+  end of every epoch but the last, on the genotype derived from the current deterministic mixing
+  weights (``relaxation(alphas, None)``) with the recipe's derivation rule. When it fires, the
+  search stops after that epoch, prints one line saying so, and ``summary.json`` records
+  ``stopped_at_epoch`` (1-based; null when the search ran to the end).
+
+  Args:
+    cfg: the search.
+    stdout: where the progress lines go (default ``sys.stdout``).
+    recipe: a :class:`jaxnas.methods.Recipe` to use instead of the registered ``cfg.method``
+      (``cfg.method`` becomes its name); ``config.json`` records it in full.
 
   Raises:
     JaxnasError: for a config that cannot work, before anything is written.
   """
   stdout = stdout or sys.stdout
-  validate(cfg)
+  if recipe is not None:
+    cfg = dataclasses.replace(cfg, method=recipe.name)
+  validate(cfg, recipe=recipe)
   cfg = cfg.resolved()
-  validate(cfg)
-  from jaxnas import data, derive, relax, search
+  validate(cfg, recipe=recipe)
+  from jaxnas import data, derive, relax, search, stopping
   from jaxnas.methods import options
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
   for n, part in ((len(dataset.train_x), "search-train"), (len(dataset.val_x), "search-val")):
     data.validate_batch_size(n, cfg.batch_size, f"{part} images of {dataset.name}")
-  model, recipe = build(cfg, dataset.num_classes)
+  model, recipe = build(cfg, dataset.num_classes, recipe=recipe)
   spe = data.steps_per_epoch(len(dataset.train_x), cfg.batch_size)
   total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * spe
   epochs = math.ceil(total_steps / spe)
+  search.check_recipe(recipe, steps_per_epoch=spe, epochs=epochs)
   num_params = count_params(model, dataset.image_shape)
 
   run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
@@ -224,6 +246,15 @@ def run_search(cfg: SearchConfig, *, stdout=None) -> pathlib.Path:
                                    steps_per_epoch=spe, epochs=epochs)
   step_fn = search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs)
   relaxation = relax.get(recipe.relaxation, **options(recipe.relaxation_options))
+  rule = recipe.derivation or model.default_rule
+
+  def derive_now():
+    mixing = jax.device_get(relaxation(state.alphas, None))
+    mixing = {k: np.asarray(v) for k, v in mixing.items()}
+    return derive.derive(rule, mixing, model.op_names), mixing
+
+  stop_rule = stopping.get(recipe.stopping) if recipe.stopping is not None else None
+  history, stopped_at, steps_done = [], None, total_steps
   t0 = time.perf_counter()
   progress = _Progress(total_steps, spe)
   compile_s = None
@@ -250,20 +281,29 @@ def run_search(cfg: SearchConfig, *, stdout=None) -> pathlib.Path:
                               f"(lower the learning rate or check the data); metrics so far are "
                               f"in {run_dir / 'metrics.jsonl'}")
           progress.update(step, m)
+        if stop_rule is not None and step % spe == 0 and step < total_steps:
+          genotype, mixing = derive_now()
+          history.append(stopping.EpochRecord(epoch=step // spe, genotype=genotype, mixing=mixing,
+                                              metrics=_jsonable(jax.device_get(metrics))))
+          if stop_rule(genotype, tuple(history)):
+            stopped_at, steps_done = step // spe, step
+            break
     finally:
       progress.close()
   search_s = time.perf_counter() - t0
+  if stopped_at is not None:
+    print(f"stopped after epoch {stopped_at} of {epochs}: stopping rule {recipe.stopping!r} fired "
+          f"on genotype {history[-1].genotype}", file=stdout, flush=True)
 
   alphas = jax.device_get(state.alphas)
   np.savez(run_dir / "alphas.npz", **{k: np.asarray(v) for k, v in alphas.items()})
-  mixing = jax.device_get(relaxation(state.alphas, None))
-  rule = recipe.derivation or model.default_rule
-  genotype = derive.derive(rule, {k: np.asarray(v) for k, v in mixing.items()}, model.op_names)
+  genotype, _ = derive_now()
   genotype.save(run_dir)
   val_loss, val_acc = search.evaluate(model, relaxation, state, dataset.val_x, dataset.val_y)
   summary = {"supernet_val_accuracy": val_acc, "supernet_val_loss": val_loss,
              "derivation_rule": rule, "genotype": genotype.to_dict(),
-             "first_step_s": compile_s, "search_s": search_s, "steps": total_steps}
+             "first_step_s": compile_s, "search_s": search_s, "steps": steps_done,
+             "stopped_at_epoch": stopped_at}
   if genotype.space == "nb201":
     summary["nb201_arch"] = derive.nb201_arch_string(genotype)
   (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -5,10 +5,17 @@ weights in a single XLA program (DARTS, Liu et al. 2019, Alg. 1): an architectur
 recipe's hypergradient estimator on the val batch, then an SGD step of the weights on the train
 batch (the order reverses for recipes with ``arch_first=False``, as GDAS). Per-step randomness comes
 from ``jax.random.fold_in(state.key, state.step)``.
+
+The recipe's pieces plug in here without changing the loop: regularisers
+(:mod:`jaxnas.regularize`) add ``∇_α Σ λ_t R(α)`` to the hypergradient, a perturbation
+(:mod:`jaxnas.perturb`) wraps the relaxation that the weight step sees. With neither, the step is
+the plain program. Stopping rules (:mod:`jaxnas.stopping`) run on the host, in
+:func:`jaxnas.run.run_search`.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, Callable, NamedTuple
@@ -17,13 +24,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnas import hypergrad, relax
+from jaxnas import derive, hypergrad, perturb, regularize, relax, stopping
 from jaxnas.errors import JaxnasError
 from jaxnas.methods import ArchOptimizer, Recipe, WeightOptimizer, options
 
 __all__ = ["SearchState", "make_optimizers", "make_losses", "make_search_step", "init_search_state",
            "init_variables", "epoch_cosine_schedule", "cross_entropy", "mixing_entropy",
-           "evaluate"]
+           "evaluate", "check_recipe"]
 
 
 class SearchState(NamedTuple):
@@ -132,20 +139,85 @@ def _global_norm(tree):
   return optax.tree.norm(tree)
 
 
+_EPSILON_OPTIONS = ("epsilon_start", "epsilon_end")
+
+
+def _perturbation(recipe: Recipe, steps_per_epoch: int, epochs: int):
+  """The recipe's perturbation with its options bound, and its ε schedule; (None, None) if none."""
+  if recipe.perturbation is None:
+    if recipe.perturbation_options:
+      raise JaxnasError(f"recipe {recipe.name!r} has perturbation_options but no perturbation")
+    return None, None
+  fn = perturb.get(recipe.perturbation)
+  opts = options(recipe.perturbation_options)
+  eps_opts = {k: opts.pop(k) for k in _EPSILON_OPTIONS if k in opts}
+  for k in opts:
+    if k in ("weights", "key", "epsilon") or not _accepts(fn, k):
+      raise JaxnasError(f"perturbation {recipe.perturbation!r} has no option {k!r} (ε is set by "
+                        "epsilon_start and epsilon_end in perturbation_options)")
+  schedule = perturb.epsilon_schedule(**eps_opts, steps_per_epoch=steps_per_epoch, epochs=epochs)
+  return (functools.partial(fn, **opts) if opts else fn), schedule
+
+
+def _regularizers(recipe: Recipe):
+  """``(record, fn)`` for each of the recipe's regularisers; a name used twice is an error."""
+  names = [r.name for r in recipe.regularizers]
+  for name in names:
+    if names.count(name) > 1:
+      raise JaxnasError(f"recipe {recipe.name!r} lists regularizer {name!r} twice; give it once "
+                        "with the summed weight")
+  return tuple((r, regularize.get(r.name)) for r in recipe.regularizers)
+
+
+def check_recipe(recipe: Recipe, *, steps_per_epoch: int = 1, epochs: int = 1) -> None:
+  """Raises a one-line JaxnasError if a name or option in ``recipe`` is unknown.
+
+  Checks the relaxation, estimator, regularisers, perturbation, derivation rule and stopping rule,
+  so that a run can fail before it writes anything.
+  """
+  relax.get(recipe.relaxation, **options(recipe.relaxation_options))
+  hypergrad.get(recipe.estimator, **options(recipe.estimator_options))
+  _regularizers(recipe)
+  _perturbation(recipe, steps_per_epoch, epochs)
+  if recipe.derivation is not None and recipe.derivation not in derive.RULES:
+    raise JaxnasError(f"unknown derivation rule {recipe.derivation!r}; choose one of: "
+                      + ", ".join(sorted(derive.RULES)))
+  if recipe.stopping is not None:
+    stopping.get(recipe.stopping)
+
+
 def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int,
                      estimator: Callable | None = None, jit: bool = True):
-  """Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)``.
+  r"""Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)``.
+
+  Regularisers: with :math:`\lambda_i(t)` from :func:`jaxnas.regularize.scheduled_weight` at the
+  step's epoch, the architecture optimiser receives
+  :math:`g_\alpha + \nabla_\alpha \sum_i \lambda_i(t) R_i(\alpha)` at the pre-update alphas; the
+  metrics hold ``reg/<name>`` (:math:`R_i(\alpha)`) and ``reg/<name>/weight``
+  (:math:`\lambda_i(t)`), and ``alpha_grad_norm`` is the norm of that sum.
+
+  Perturbation: the weight step's loss uses the relaxation
+  ``lambda a, k: perturb(relaxation(a, k), k_perturb, epsilon=eps_t)`` with
+  ``k_perturb = fold_in(k_weight, 1)`` and :math:`\epsilon_t` from
+  :func:`jaxnas.perturb.epsilon_schedule` (logged as ``perturb/epsilon``); the architecture step and
+  the logged ``mixing_entropy`` use the unperturbed relaxation.
+
+  With no regularisers and no perturbation none of this is traced. The recipe's stopping rule is
+  not part of the step (see :func:`jaxnas.run.run_search`).
 
   Args:
     model: a search-space module (``__call__(x, weights, *, train)``).
     recipe: the method; see :class:`jaxnas.methods.Recipe`.
-    steps_per_epoch: steps in one epoch (for the per-epoch cosine schedule and warm-up).
-    epochs: epochs of the whole search (the cosine's period).
+    steps_per_epoch: steps in one epoch (for the per-epoch schedules and warm-up).
+    epochs: epochs of the whole search (the schedules' period).
     estimator: overrides the recipe's estimator (a function of the estimator signature).
     jit: return the function jitted (with the state donated); False for tracing by hand.
 
   Returns:
     The step function. It compiles once: shapes and dtypes fix everything else.
+
+  Raises:
+    JaxnasError: for an unknown piece or option in ``recipe`` (:func:`check_recipe`).
   """
   if steps_per_epoch <= 0 or epochs <= 0:
     raise JaxnasError(f"steps_per_epoch ({steps_per_epoch}) and epochs ({epochs}) must be ≥ 1")
@@ -155,9 +227,25 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
   w_tx, a_tx, schedule = make_optimizers(recipe.weight_optimizer, recipe.arch_optimizer,
                                          steps_per_epoch=steps_per_epoch, epochs=epochs)
   warmup_steps = recipe.arch_warmup_epochs * steps_per_epoch
-  if recipe.regularizers or recipe.perturbation or recipe.stopping:
-    raise JaxnasError(f"recipe {recipe.name!r} needs regularizers/perturbations/stopping rules, "
-                      "which this version of jaxnas does not provide yet")
+  check_recipe(recipe, steps_per_epoch=steps_per_epoch, epochs=epochs)
+  regs = _regularizers(recipe)
+  perturbation, eps_schedule = _perturbation(recipe, steps_per_epoch, epochs)
+
+  def regularize_grad(g_alpha, alphas, step):
+    """``g_alpha + ∇_α Σ λ_t R(α)`` and the regularisers' metrics."""
+    epoch = jnp.minimum(step // steps_per_epoch, epochs).astype(jnp.result_type(float))
+    lams = [regularize.scheduled_weight(r, epoch, epochs) for r, _ in regs]
+
+    def total(a):
+      values = [fn(a) for _, fn in regs]
+      return sum(jnp.asarray(lam, v.dtype) * v for lam, v in zip(lams, values)), values
+
+    (_, values), g_reg = jax.value_and_grad(total, has_aux=True)(alphas)
+    metrics = {}
+    for (r, _), lam, v in zip(regs, lams, values):
+      metrics[f"reg/{r.name}"] = v
+      metrics[f"reg/{r.name}/weight"] = jnp.asarray(lam, v.dtype)
+    return jax.tree.map(jnp.add, g_alpha, g_reg), metrics
 
   def arch_update(state, weights, batch_stats, train_batch, val_batch, key, lr):
     loss = make_losses(model, relaxation, batch_stats)
@@ -172,6 +260,9 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         extra["inner_opt_state"] = state.w_opt_state
     g_alpha, info = estimator(loss, loss, weights, state.alphas, train_batch, val_batch, key=key,
                               **extra)
+    reg_metrics = {}
+    if regs:
+      g_alpha, reg_metrics = regularize_grad(g_alpha, state.alphas, state.step)
     with _optax_promotion():
       updates, a_opt_state = a_tx.update(g_alpha, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, updates)
@@ -186,17 +277,23 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
                "val_accuracy": val_aux.get("accuracy", jnp.nan) if isinstance(val_aux, dict)
                else jnp.nan,
                "alpha_grad_norm": _global_norm(g_alpha),
-               "hvp_passes": info.get("hvp_passes", 0)}
+               "hvp_passes": info.get("hvp_passes", 0), **reg_metrics}
     return alphas, a_opt_state, new_stats, metrics
 
   def weight_update(state, weights, alphas, batch_stats, train_batch, key):
-    loss = make_losses(model, relaxation, batch_stats)
+    weight_relaxation, extra_metrics = relaxation, {}
+    if perturbation is not None:
+      eps = eps_schedule(state.step)
+      k_perturb = jax.random.fold_in(key, 1)
+      weight_relaxation = lambda a, k: perturbation(relaxation(a, k), k_perturb, epsilon=eps)
+      extra_metrics["perturb/epsilon"] = eps
+    loss = make_losses(model, weight_relaxation, batch_stats)
     (value, aux), g_w = jax.value_and_grad(loss, has_aux=True)(weights, alphas, train_batch, key)
     with _optax_promotion():
       updates, w_opt_state = w_tx.update(g_w, state.w_opt_state, weights)
     weights = optax.apply_updates(weights, updates)
     metrics = {"train_loss": value, "train_accuracy": aux["accuracy"],
-               "weight_grad_norm": _global_norm(g_w)}
+               "weight_grad_norm": _global_norm(g_w), **extra_metrics}
     return weights, w_opt_state, aux["batch_stats"], metrics
 
   def search_step(state: SearchState, train_batch, val_batch):
