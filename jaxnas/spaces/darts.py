@@ -186,7 +186,8 @@ class DartsSearchNetwork(nn.Module):
     channels: C, the initial channel count (reference 16).
     num_cells: L, cells in the network (reference 8); reductions at L//3 and 2L//3.
     num_classes: classifier outputs.
-    depthwise: how depthwise convs are traced, ``"lax"`` or ``"taps"`` (see ``layers``).
+    depthwise: how depthwise convs are traced, ``"lax"``, ``"taps"`` or ``"vjp"`` (see
+      ``layers.depthwise_conv2d`` for the measured trade-off).
     dtype: parameter and computation dtype.
 
   ``weights = {"normal": (14, 8), "reduce": (14, 8)}``: one for all normal cells, one for all
