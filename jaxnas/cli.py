@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--seed", type=_int, default=0)
   s.add_argument("--out", default=None, help="run directory (default: runs/<method>-...-<time>)")
   s.add_argument("--log-every", type=_int, default=1, help="steps between metrics.jsonl lines")
-  s.add_argument("--depthwise", default="lax", help="depthwise conv form for darts: lax or taps")
+  s.add_argument("--depthwise", default="lax", help="depthwise conv form for darts: lax (default), taps or vjp")
   s.add_argument("--dry-run", action="store_true",
                  help="build the supernet, write config.json (with num_params) and stop")
   s.add_argument("--no-compile-cache", action="store_true",

@@ -89,8 +89,8 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
     _positive(value, flag)
   if not isinstance(cfg.seed, int) or cfg.seed < 0:
     raise JaxnasError(f"--seed must be a whole number ≥ 0, got {cfg.seed}")
-  if cfg.depthwise not in ("lax", "taps"):
-    raise JaxnasError(f"--depthwise must be 'lax' or 'taps', got {cfg.depthwise!r}")
+  if cfg.depthwise not in ("lax", "taps", "vjp"):
+    raise JaxnasError(f"--depthwise must be 'lax', 'taps' or 'vjp', got {cfg.depthwise!r}")
 
 
 def space_config(cfg: SearchConfig, num_classes: int) -> dict:

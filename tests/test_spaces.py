@@ -382,7 +382,7 @@ def test_edge_group_one_hot_is_reference_op(group_outputs):
 
 
 def test_darts_depthwise_impls_agree():
-  """"lax" and "taps": same logits and the same gradients in params, mixing weights and input."""
+  """"lax", "taps", "vjp": same logits and the same gradients in params, mixing weights, input."""
   rng = np.random.default_rng(9)
   x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), F64)
   a = rng.normal(size=(2, 14, 8))
@@ -390,7 +390,7 @@ def test_darts_depthwise_impls_agree():
   weights = {"normal": jnp.asarray(w[0], F64), "reduce": jnp.asarray(w[1], F64)}
   cotangent = jnp.asarray(rng.normal(size=(2, 10)), F64)
   results = {}
-  for impl in ("lax", "taps"):
+  for impl in ("lax", "taps", "vjp"):
     # one reduction cell: stride-1 and stride-2 edges, every depthwise kernel size and dilation
     model = DartsSearchNetwork(channels=2, num_cells=1, depthwise=impl, dtype=F64)
     shapes = _shapes(model, x.shape, weights)
@@ -405,14 +405,15 @@ def test_darts_depthwise_impls_agree():
     results[impl] = _jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(
         params, weights, x)
   (_, logits_lax), grads_lax = results["lax"]
-  (_, logits_taps), grads_taps = results["taps"]
-  np.testing.assert_allclose(logits_taps, logits_lax, rtol=0, atol=1e-11)
-  assert jax.tree_util.tree_structure(grads_lax) == jax.tree_util.tree_structure(grads_taps)
-  for (path, g_lax), g_taps in zip(jax.tree_util.tree_leaves_with_path(grads_lax),
-                                   jax.tree_util.tree_leaves(grads_taps)):
-    scale = max(1.0, float(np.max(np.abs(g_lax))))
-    np.testing.assert_allclose(g_taps, g_lax, rtol=0, atol=1e-10 * scale,
-                               err_msg=jax.tree_util.keystr(path))
+  for other in ("taps", "vjp"):
+    (_, logits_taps), grads_taps = results[other]
+    np.testing.assert_allclose(logits_taps, logits_lax, rtol=0, atol=1e-11, err_msg=other)
+    assert jax.tree_util.tree_structure(grads_lax) == jax.tree_util.tree_structure(grads_taps)
+    for (path, g_lax), g_taps in zip(jax.tree_util.tree_leaves_with_path(grads_lax),
+                                     jax.tree_util.tree_leaves(grads_taps)):
+      scale = max(1.0, float(np.max(np.abs(g_lax))))
+      np.testing.assert_allclose(g_taps, g_lax, rtol=0, atol=1e-10 * scale,
+                                 err_msg=other + jax.tree_util.keystr(path))
   assert grads_lax[1]["normal"].shape == (14, 8)
   assert float(np.max(np.abs(grads_lax[1]["reduce"]))) > 0  # the gradient reaches the weights
 
@@ -568,3 +569,22 @@ def test_batchnorm_affine():
   y_eval = _jit(lambda v, x: bn.apply(v, x, train=False))(variables, jnp.asarray(x, F64))
   np.testing.assert_allclose(y_eval, _np_bn(x, run_mean, run_var) * scale + bias, rtol=0,
                              atol=1e-12)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_gradient_matches_reduce_window(stride):
+  """The slice-based max pool and its hand-written gradient against XLA's reduce_window pool."""
+  from jax import lax
+  from jaxnas.spaces.layers import max_pool_3x3
+  x = jnp.asarray(np.random.default_rng(11).normal(size=(2, 8, 8, 3)), F64)  # no ties
+  g = jnp.asarray(np.random.default_rng(12).normal(size=(2, 8 // stride, 8 // stride, 3)), F64)
+
+  def reference(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+                             ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+  mine = jax.jit(jax.value_and_grad(lambda x: jnp.sum(max_pool_3x3(x, stride=stride) * g)))
+  ref = jax.jit(jax.value_and_grad(lambda x: jnp.sum(reference(x) * g)))
+  (v1, g1), (v2, g2) = mine(x), ref(x)
+  np.testing.assert_allclose(v1, v2, rtol=1e-14)
+  np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-14)
