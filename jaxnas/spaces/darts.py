@@ -31,16 +31,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxnas.derive import DARTS_NUM_NODES, DARTS_OPS, darts_edge_sources
 from jaxnas.spaces.layers import (BatchNorm, avg_pool_3x3, conv2d, depthwise_conv2d,
                                   max_pool_3x3, torch_uniform)
 
 __all__ = ["DARTS_OPS", "DARTS_EDGES", "DartsSearchNetwork", "reduction_indices"]
 
-DARTS_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
-             "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
-NUM_NODES = 4
+NUM_NODES = DARTS_NUM_NODES
 # (to intermediate node, from state) per edge, in the reference's order: node i takes states 0..i+1.
-DARTS_EDGES = tuple((i, j) for i in range(NUM_NODES) for j in range(i + 2))
+# The op order and edge layout are defined once, in jaxnas.derive, which reads genotypes off them.
+DARTS_EDGES = darts_edge_sources(NUM_NODES)
 # Edges leaving each state, as indices into DARTS_EDGES (the group computed together).
 _EDGES_FROM = {src: tuple(e for e, (_, s) in enumerate(DARTS_EDGES) if s == src)
                for src in range(NUM_NODES + 1)}

@@ -25,13 +25,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnas.errors import JaxnasError
+from jaxnas.derive import NB201_EDGES, NB201_OPS
 from jaxnas.spaces.layers import BatchNorm, avg_pool_3x3, conv2d, torch_uniform
 
 __all__ = ["NB201_OPS", "NB201_EDGES", "NB201SearchNetwork", "ResNetBasicBlock"]
 
-NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
-NB201_EDGES = ((1, 0), (2, 0), (2, 1), (3, 0), (3, 1), (3, 2))  # (to, from), sorted key order
+# NB201_OPS and NB201_EDGES ((to, from), sorted key order) are defined once, in jaxnas.derive.
 # Edges leaving each source node, as indices into NB201_EDGES (the group computed together).
 _EDGES_FROM = {src: tuple(e for e, (_, s) in enumerate(NB201_EDGES) if s == src) for src in range(3)}
 
