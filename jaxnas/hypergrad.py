@@ -69,6 +69,7 @@ __all__ = [
     "ESTIMATORS",
     "Estimator",
     "cg",
+    "check_options",
     "dense_ift",
     "first_order",
     "get",
@@ -189,6 +190,56 @@ def _static_int(name, value, minimum):
   return int(value)
 
 
+def _concrete_number(value):
+  """``value`` as a Python float if it is a concrete real scalar, else None (traced or absent)."""
+  if value is None or isinstance(value, bool) or isinstance(value, jax.core.Tracer):
+    return None
+  try:
+    array = np.asarray(value)
+  except Exception:  # noqa: BLE001  (anything not convertible is left to the estimator)
+    return None
+  if array.shape != () or not np.issubdtype(array.dtype, np.number):
+    return None
+  return float(array)
+
+
+# Accepted ranges of the numeric options: (predicate, text of the range).
+_RANGES = {
+    "xi": (lambda x: x > 0, "> 0 (the weight learning rate)"),
+    "epsilon": (lambda x: x > 0, "> 0 (DARTS uses 0.01)"),
+    "gamma": (lambda x: x > 0, "> 0 and below 2/λ_max(H)"),
+    "damping": (lambda x: x >= 0, ">= 0"),
+    "tol": (lambda x: x > 0, "> 0"),
+    "mixed_weight": (lambda x: np.isfinite(x), "a finite number"),
+    "lambda_max": (lambda x: x > 0, "> 0 (the largest eigenvalue of the train Hessian)"),
+}
+
+
+def check_options(estimator: str, **options) -> None:
+  r"""Raises a one-line :class:`JaxnasError` if a concrete numeric option is out of its range.
+
+  Traced values (inside ``jax.jit``) cannot be checked and are let through; ``None`` means "not
+  given". Ranges: ``xi``, ``epsilon``, ``gamma``, ``tol``, ``lambda_max`` > 0; ``damping`` >= 0;
+  ``mixed_weight`` finite; and ``gamma < 2 / lambda_max`` when both are known, the condition for
+  the Neumann series :math:`\sum_k (I - \gamma H)^k` to converge.
+  """
+  values = {}
+  for name, value in options.items():
+    number = _concrete_number(value)
+    if number is None or name not in _RANGES:
+      continue
+    ok, text = _RANGES[name]
+    if not (np.isfinite(number) or name == "mixed_weight") or not ok(number):
+      raise JaxnasError(f"{estimator}: option {name} = {number:g} is out of range; it must be "
+                        f"{text}")
+    values[name] = number
+  if "gamma" in values and "lambda_max" in values and values["gamma"] * values["lambda_max"] >= 2:
+    raise JaxnasError(
+        f"{estimator}: gamma = {values['gamma']:g} >= 2/lambda_max = "
+        f"{2 / values['lambda_max']:g}, where the Neumann series diverges; choose gamma in "
+        f"(0, {2 / values['lambda_max']:g})")
+
+
 def _check_inner(estimator, xi, steps, inner_optimizer, inner_opt_state):
   """Raises :class:`JaxnasError` if the inner-step options cannot take ``steps`` steps."""
   if inner_optimizer is None:
@@ -306,6 +357,7 @@ def mixed_level(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key,
   Returns:
     ``(g, info)`` with ``hvp_passes = 0`` (two gradient evaluations).
   """
+  check_options("mixed_level", mixed_weight=mixed_weight)
   (value, aux), g_val = jax.value_and_grad(val_loss, argnums=1, has_aux=True)(
       w, alphas, val_batch, key)
   g_train = _grad_alpha_fn(train_loss, alphas, train_batch, _train_key(key))(w)
@@ -317,6 +369,7 @@ def _unrolled_one_step(name, train_loss, val_loss, w, alphas, train_batch, val_b
   """Shared body of ``unrolled_fd`` and ``unrolled_hvp``; ``mixed(w, tkey, v)`` gives ``M v``."""
   if xi is None:
     raise JaxnasError(f"{name} needs xi (the current weight learning rate)")
+  check_options(name, xi=xi)
   _check_inner(name, xi, 1, inner_optimizer, inner_opt_state)
   tkey = _train_key(key)
   w1 = _unroll(train_loss, w, alphas, train_batch, tkey, steps=1, xi=xi,
@@ -360,6 +413,8 @@ def unrolled_fd(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key,
   Returns:
     ``(g, info)``; ``hvp_passes = 1`` (the finite-difference pair of gradients).
   """
+  check_options("unrolled_fd", epsilon=epsilon)
+
   def fd(w0, tkey, v):
     norm = _norm(v)
     r = _cast(epsilon, norm) / jnp.maximum(norm, jnp.finfo(norm.dtype).tiny)
@@ -425,6 +480,7 @@ def unrolled_autodiff(train_loss, val_loss, w, alphas, train_batch, val_batch, *
     ``(g, info)``; ``hvp_passes = T`` (one reverse pass through each inner gradient step).
   """
   steps = _static_int("unroll_steps", unroll_steps, 0)
+  check_options("unrolled_autodiff", xi=xi)
   _check_inner("unrolled_autodiff", xi, steps, inner_optimizer, inner_opt_state)
   tkey = _train_key(key)
 
@@ -438,7 +494,8 @@ def unrolled_autodiff(train_loss, val_loss, w, alphas, train_batch, val_batch, *
 
 
 def neumann(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key, xi=None, gamma=None,
-            num_terms=2, unroll_steps=0, inner_optimizer=None, inner_opt_state=None):
+            num_terms=2, unroll_steps=0, inner_optimizer=None, inner_opt_state=None,
+            lambda_max=None):
   r"""iDARTS' Neumann-series hypergradient (Zhang et al., 2021), mixed term exact.
 
   After :math:`T` inner steps :math:`w \to w_T` (not differentiated through), with
@@ -466,6 +523,8 @@ def neumann(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key, xi=
     num_terms: :math:`K`, a static Python int (0 gives :math:`H^{-1} \approx \gamma I`).
     unroll_steps: :math:`T`, a static Python int; 0 evaluates at ``w`` itself.
     inner_optimizer, inner_opt_state: as in :func:`unrolled_fd`.
+    lambda_max: :math:`\lambda_{max}(H)` where it is known (e.g. a study's problem); a concrete
+      ``gamma >= 2 / lambda_max`` is then refused, since the series diverges there.
 
   Returns:
     ``(g, info)``; ``hvp_passes = K + 1`` (K Hessian products and one mixed product; the T inner
@@ -479,6 +538,7 @@ def neumann(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key, xi=
     gamma = xi
   if gamma is None:
     raise JaxnasError("neumann needs gamma (or xi, the current weight learning rate, as gamma)")
+  check_options("neumann", xi=xi, gamma=gamma, lambda_max=lambda_max)
   _check_inner("neumann", xi, steps, inner_optimizer, inner_opt_state)
   tkey = _train_key(key)
   w_t = _unroll(train_loss, w, alphas, train_batch, tkey, steps=steps, xi=xi,
@@ -524,6 +584,7 @@ def cg(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key, damping=
     \rVert` (CG's recursive residual) and ``info["iterations"]`` the iteration count.
   """
   maxiter = _static_int("maxiter", maxiter, 0)
+  check_options("cg", damping=damping, tol=tol)
   tkey = _train_key(key)
   (value, aux), (v, g_val) = _val_grads(val_loss, w, alphas, val_batch, key)
   _, h = jax.linearize(_grad_w_fn(train_loss, alphas, train_batch, tkey), w)
@@ -553,6 +614,7 @@ def dense_ift(train_loss, val_loss, w, alphas, train_batch, val_batch, *, key, d
   Returns:
     ``(g, info)``; ``hvp_passes = n + 1`` (the Hessian costs n HVPs, then one mixed product).
   """
+  check_options("dense_ift", damping=damping)
   tkey = _train_key(key)
   (value, aux), (v, g_val) = _val_grads(val_loss, w, alphas, val_batch, key)
   flat_w, unravel = ravel_pytree(w)
@@ -614,7 +676,8 @@ def get(name: str, **options) -> Estimator:
 
   Raises:
     JaxnasError: if ``name`` is not an estimator (the message lists those that are), or an option
-      is not one that estimator takes (the message lists those it does).
+      is not one that estimator takes (the message lists those it does), or a numeric option
+      is out of range (:func:`check_options`).
   """
   known = option_names(name)
   unknown = sorted(set(options) - set(known))
@@ -623,5 +686,6 @@ def get(name: str, **options) -> Estimator:
         f"estimator {name!r} takes no option {', '.join(map(repr, unknown))}; "
         f"its options are: {', '.join(known) or '(none)'}"
     )
+  check_options(name, **options)
   fn = ESTIMATORS[name]
   return functools.partial(fn, **options) if options else fn

@@ -463,3 +463,36 @@ def test_get_binds_options_and_keeps_call_time_options():
 def test_bad_options_raise_one_line_errors(name, options, match):
   with pytest.raises(JaxnasError, match=match):
     _toy_estimate(name, jit=False, **options)
+
+
+@pytest.mark.parametrize("name, options, match", [
+    ("unrolled_fd", {"epsilon": -0.01}, r"epsilon = -0.01 is out of range; it must be > 0"),
+    ("unrolled_fd", {"epsilon": 0.0}, r"epsilon = 0 is out of range"),
+    ("unrolled_hvp", {"xi": -1.0}, r"xi = -1 is out of range"),
+    ("neumann", {"gamma": -0.1}, r"gamma = -0.1 is out of range; it must be > 0"),
+    ("neumann", {"gamma": 0.5, "lambda_max": 4.0}, r"gamma = 0.5 >= 2/lambda_max = 0.5.*\(0, 0.5\)"),
+    ("cg", {"damping": -1e-3}, r"damping = -0.001 is out of range; it must be >= 0"),
+    ("cg", {"tol": 0.0}, r"tol = 0 is out of range"),
+    ("dense_ift", {"damping": float("nan")}, r"damping = nan is out of range"),
+    ("mixed_level", {"mixed_weight": float("inf")}, r"mixed_weight = inf is out of range"),
+])
+def test_out_of_range_options_name_the_option_and_range(name, options, match):
+  # Refused both when bound by get() and when passed at call time.
+  with pytest.raises(JaxnasError, match=match) as bound:
+    hypergrad.get(name, **options)
+  assert "\n" not in str(bound.value)
+  extra = {"xi": 0.1} if "xi" in hypergrad.option_names(name) else {}
+  t = toy()
+  with pytest.raises(JaxnasError, match=match):
+    hypergrad.ESTIMATORS[name](toy_loss, toy_loss, t["w"], t["alphas"], t["train"], t["val"],
+                               key=None, **{**extra, **options})
+
+
+def test_range_checks_let_traced_values_and_the_edge_of_the_range_through():
+  g, _ = _toy_estimate("neumann", jit=True, gamma=0.49, lambda_max=4.0, num_terms=1)
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(g))
+  hypergrad.get("cg", damping=0.0)  # 0 is inside [0, inf)
+  # Traced gamma cannot be checked: it is let through (the series is the caller's business).
+  out = jax.jit(lambda gam: _toy_estimate("neumann", jit=False, gamma=gam, num_terms=1)[0])(
+      jnp.asarray(-1.0))
+  assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(out))
