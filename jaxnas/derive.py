@@ -47,6 +47,10 @@ __all__ = [
     "genotype_from_nb201_string",
     "darts_top2",
     "nb201_argmax",
+    "fairdarts_sparse",
+    "fairdarts_edge",
+    "darts_plus_skip_limit",
+    "FAIRDARTS_THRESHOLD",
     "RULES",
     "derive",
 ]
@@ -91,7 +95,11 @@ class Genotype(_GenotypeFields):
 
   For ``space="darts"`` (the reference's ``Genotype``), ``normal`` and ``reduce`` list, node by
   node, each intermediate node's two ``(op, from_state)`` inputs, the stronger first;
-  ``*_concat`` are the states concatenated into the cell's output. For ``space="nb201"``,
+  ``*_concat`` are the states concatenated into the cell's output. A darts cell may instead list
+  ``(op, to_state, from_state)`` triples, FairDARTS' notation (``fairdarts/genotypes.py``), in
+  which a node has any number of inputs, none included (a node without inputs is left out of the
+  cell, as FairDARTS' ``DCOCell`` does); triples are in non-decreasing ``to_state`` order and all
+  genes of a cell take one form. For ``space="nb201"``,
   ``normal`` lists the six ``(op, from_node)`` pairs in :data:`NB201_EDGES` order,
   ``normal_concat=(3,)`` and the reduce fields are empty.
 
@@ -101,7 +109,8 @@ class Genotype(_GenotypeFields):
   NAS-Bench-201 architecture string.
 
   Attributes:
-    normal: ``(op, input)`` pairs of the normal cell (of the only cell for nb201).
+    normal: ``(op, input)`` pairs (or ``(op, node, input)`` triples) of the normal cell (of the only
+      cell for nb201).
     normal_concat: states concatenated into the normal cell's output.
     reduce: ``(op, input)`` pairs of the reduction cell.
     reduce_concat: states concatenated into the reduction cell's output.
@@ -138,7 +147,7 @@ class Genotype(_GenotypeFields):
             f"reduce={list(self.reduce)!r}, reduce_concat={list(self.reduce_concat)!r})")
 
   def to_dict(self) -> dict:
-    """A dict of JSON values: pairs become ``[op, input]`` lists."""
+    """A dict of JSON values: pairs become ``[op, input]`` lists (triples ``[op, node, input]``)."""
     return {
         "space": self.space,
         "normal": [list(gene) for gene in self.normal],
@@ -208,14 +217,20 @@ def _int(value, what: str) -> int:
     raise JaxnasError(f"{what} is {value!r}; expected a whole number") from None
 
 
-def _genes(genes, field: str) -> tuple[tuple[str, int], ...]:
+def _genes(genes, field: str) -> tuple[tuple, ...]:
   if not isinstance(genes, (list, tuple)):
     raise JaxnasError(f"genotype {field} is {genes!r}; expected a list of (op, input) pairs")
   out = []
   for k, gene in enumerate(genes):
-    if not isinstance(gene, (list, tuple)) or len(gene) != 2 or not isinstance(gene[0], str):
-      raise JaxnasError(f"genotype {field}[{k}] is {gene!r}; expected an (op name, input) pair")
-    out.append((str(gene[0]), _int(gene[1], f"genotype {field}[{k}]'s input")))
+    if (not isinstance(gene, (list, tuple)) or len(gene) not in (2, 3)
+        or not isinstance(gene[0], str)):
+      raise JaxnasError(f"genotype {field}[{k}] is {gene!r}; expected an (op name, input) pair or "
+                        "an (op name, node, input) triple")
+    if len(gene) == 2:
+      out.append((str(gene[0]), _int(gene[1], f"genotype {field}[{k}]'s input")))
+    else:
+      out.append((str(gene[0]), _int(gene[1], f"genotype {field}[{k}]'s node"),
+                  _int(gene[2], f"genotype {field}[{k}]'s input")))
   return tuple(out)
 
 
@@ -237,7 +252,7 @@ def _check_structure(g: Genotype) -> None:
 
 
 def _check_nb201(g: Genotype) -> None:
-  sources = tuple(j for _, j in g.normal)
+  sources = tuple(gene[-1] if len(gene) == 2 else None for gene in g.normal)
   if (sources != tuple(j for _, j in NB201_EDGES) or g.normal_concat != (3,) or g.reduce
       or g.reduce_concat):
     raise JaxnasError(
@@ -247,7 +262,13 @@ def _check_nb201(g: Genotype) -> None:
 
 
 def _check_darts_cell(genes, concat, field: str) -> None:
-  """Two inputs per node, node ``k`` (state ``k + 2``) reading states ``0 .. k + 1``."""
+  """Two inputs per node, node ``k`` (state ``k + 2``) reading states ``0 .. k + 1``; or triples."""
+  if len({len(gene) for gene in genes}) > 1:
+    raise JaxnasError(f"genotype {field} mixes (op, input) pairs and (op, node, input) triples; "
+                      "write every gene of a cell in one form")
+  if genes and len(genes[0]) == 3:
+    _check_darts_triples(genes, concat, field)
+    return
   if len(genes) % 2:
     raise JaxnasError(f"genotype {field} has {len(genes)} genes; a darts cell takes two inputs "
                       "per node, so it needs an even number")
@@ -261,6 +282,22 @@ def _check_darts_cell(genes, concat, field: str) -> None:
                       f"2..{last}, the cell's intermediate nodes")
   if not genes and concat:
     raise JaxnasError(f"genotype {field}_concat is {list(concat)} but {field} has no nodes")
+
+
+def _check_darts_triples(genes, concat, field: str) -> None:
+  """FairDARTS' form: ``(op, to, from)`` with ``2 <= to``, ``0 <= from < to``, ``to`` sorted."""
+  previous = 2
+  for k, (op, to, src) in enumerate(genes):
+    if to < 2 or not 0 <= src < to:
+      raise JaxnasError(f"genotype {field}[{k}] ({op!r}, {to}, {src}) is not an edge of a darts "
+                        "cell: its node must be a state ≥ 2 reading an earlier state")
+    if to < previous:
+      raise JaxnasError(f"genotype {field}[{k}] ({op!r}, {to}, {src}) comes after a gene of node "
+                        f"{previous}; list (op, node, input) triples node by node")
+    previous = to
+  if not concat or any(s < 2 for s in concat):
+    raise JaxnasError(f"genotype {field}_concat is {list(concat)}; it must list states ≥ 2, the "
+                      "cell's intermediate nodes")
 
 
 # --- NAS-Bench-201 architecture strings --------------------------------------------------------
@@ -354,19 +391,39 @@ def _check_weights(weights, space: str, layout: dict[str, int], op_names) -> dic
   return arrays
 
 
+def _node_rows(num_nodes: int = DARTS_NUM_NODES):
+  """``(node, first_edge, last_edge + 1)`` for each intermediate node of a DARTS cell."""
+  start = 0
+  for node in range(num_nodes):
+    yield node, start, start + node + 2
+    start += node + 2
+
+
+def _not_none(op_names: tuple[str, ...]) -> np.ndarray:
+  return np.array([name != "none" for name in op_names])
+
+
+def _ranked_edges(masked: np.ndarray, start: int, end: int, count: int = 2) -> np.ndarray:
+  """The node's ``count`` strongest edges (row offsets), by their best candidate weight."""
+  strength = masked[start:end].max(axis=1)
+  return np.argsort(-strength, kind="stable")[:count]  # ties: lower state first
+
+
+def _top2_choices(weights: np.ndarray, candidate: np.ndarray) -> list[tuple[int, int, int]]:
+  """DARTS' parse as ``(edge, op, from_state)``: per node its two strongest edges, stronger first,
+  each with its heaviest candidate operation (``candidate`` broadcasts against ``weights``)."""
+  masked = np.where(candidate, weights, -np.inf)
+  best_op = masked.argmax(axis=1)  # first maximum: ties go to the earlier op
+  choices = []
+  for _, start, end in _node_rows():
+    choices += [(start + int(j), int(best_op[start + j]), int(j))
+                for j in _ranked_edges(masked, start, end)]
+  return choices
+
+
 def _top2_cell(weights: np.ndarray, op_names: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
   """DARTS' parse of one cell: per node, the two strongest edges with their best non-none op."""
-  candidate = np.array([name != "none" for name in op_names])
-  masked = np.where(candidate, weights, -np.inf)
-  strength = masked.max(axis=1)
-  best_op = masked.argmax(axis=1)  # first maximum: ties go to the earlier op
-  genes, start = [], 0
-  for node in range(DARTS_NUM_NODES):
-    end = start + node + 2
-    ranked = np.argsort(-strength[start:end], kind="stable")[:2]  # ties: lower state first
-    genes += [(op_names[best_op[start + j]], int(j)) for j in ranked]
-    start = end
-  return tuple(genes)
+  return tuple((op_names[k], j) for _, k, j in _top2_choices(weights, _not_none(op_names)))
 
 
 def darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
@@ -429,11 +486,181 @@ def nb201_argmax(weights, op_names=NB201_OPS) -> Genotype:
   return Genotype(normal=genes, normal_concat=(3,), space="nb201")
 
 
+FAIRDARTS_THRESHOLD = 0.85
+_CONCAT = tuple(range(2, 2 + DARTS_NUM_NODES))
+
+
+def _check_threshold(threshold, rule: str) -> float:
+  if (isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.number))
+      or not 0.0 <= float(threshold) <= 1.0):
+    raise JaxnasError(f"{rule} threshold is {threshold!r}; it must be a number from 0 to 1 (the "
+                      f"reference's is {FAIRDARTS_THRESHOLD})")
+  return float(threshold)
+
+
+def _darts_arrays(weights, op_names, rule: str):
+  op_names = _check_op_names(op_names)
+  if all(name == "none" for name in op_names):
+    raise JaxnasError(f"{rule} needs an operation other than 'none' to choose; op_names has only "
+                      "'none'")
+  rows = len(darts_edge_sources())
+  return op_names, _check_weights(weights, "darts", {"normal": rows, "reduce": rows}, op_names)
+
+
+def _fairdarts_genotype(arrays, op_names, parse_cell, rule: str, threshold: float) -> Genotype:
+  cells = {}
+  for cell in ("normal", "reduce"):
+    masked = np.where(_not_none(op_names), arrays[cell], -np.inf)
+    cells[cell] = parse_cell(masked)
+    if not cells[cell]:
+      largest = float(masked.max())
+      raise JaxnasError(f"{rule} kept no operation in the {cell} cell: no weight reached the "
+                        f"threshold {threshold} (the largest is {largest:.4g}); lower the threshold")
+  return Genotype(normal=cells["normal"], normal_concat=_CONCAT, reduce=cells["reduce"],
+                  reduce_concat=_CONCAT, space="darts")
+
+
+def fairdarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD
+                     ) -> Genotype:
+  """FairDARTS' default derivation, ``threshold_sparse`` (Chu et al., ECCV 2020, §4.3).
+
+  For each cell and each intermediate node, take its two strongest incoming edges (strength = the
+  largest weight on the edge, as DARTS) and keep each one's heaviest operation only if its weight is
+  at least ``threshold`` (0.85). A node therefore has 0, 1 or 2 inputs, and the genotype is written
+  in FairDARTS' ``(op, node, input)`` triples (``parse`` in ``fairdarts/utils.py`` of
+  xiaomi-automl/FairDARTS); both concats are states 2..5, as the reference's ``range(2, 6)``.
+  ``"none"`` never competes (FairDARTS has no ``none``; :func:`jaxnas.relax.sigmoid` gives it 0).
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``sigmoid(alphas)``.
+    op_names: the ``K`` operation names, in column order.
+    threshold: the smallest weight kept, from 0 to 1. Through :func:`derive` or a recipe, bind it
+      with ``functools.partial(fairdarts_sparse, threshold=...)``.
+
+  Returns:
+    A darts :class:`Genotype` of triples; ties go to the lower state and the earlier operation.
+
+  Raises:
+    JaxnasError: on bad weights or threshold, or if a cell keeps no operation at all (the
+      reference would build an empty cell).
+  """
+  threshold = _check_threshold(threshold, "fairdarts-sparse")
+  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-sparse")
+
+  def parse_cell(masked):
+    best_op = masked.argmax(axis=1)
+    genes = []
+    for node, start, end in _node_rows():
+      for j in _ranked_edges(masked, start, end):
+        edge = start + int(j)
+        if masked[edge, best_op[edge]] >= threshold:
+          genes.append((op_names[best_op[edge]], node + 2, int(j)))
+    return tuple(genes)
+
+  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-sparse", threshold)
+
+
+def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD
+                   ) -> Genotype:
+  """FairDARTS' ``threshold_edge`` derivation (xiaomi-automl/FairDARTS, ``fairdarts/utils.py``).
+
+  Every edge of every node is considered, and each keeps its two heaviest operations whose weight
+  is at least ``threshold`` (0.85): an edge gives 0, 1 or 2 genes and a node any number of inputs,
+  written as ``(op, node, input)`` triples, node by node and edge by edge. Within an edge jaxnas
+  lists the heavier operation first and breaks ties towards the earlier operation; the reference
+  lists the lighter first and its ascending sort breaks ties towards the later one. ``"none"``
+  never competes.
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``sigmoid(alphas)``.
+    op_names: the ``K`` operation names, in column order.
+    threshold: the smallest weight kept, from 0 to 1 (bind with ``functools.partial``).
+
+  Returns:
+    A darts :class:`Genotype` of triples.
+
+  Raises:
+    JaxnasError: on bad weights or threshold, or if a cell keeps no operation at all.
+  """
+  threshold = _check_threshold(threshold, "fairdarts-edge")
+  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-edge")
+
+  def parse_cell(masked):
+    genes = []
+    for node, start, end in _node_rows():
+      for j in range(end - start):
+        row = masked[start + j]
+        for k in np.argsort(-row, kind="stable")[:2]:
+          if row[k] >= threshold:
+            genes.append((op_names[k], node + 2, j))
+    return tuple(genes)
+
+  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-edge", threshold)
+
+
+def darts_plus_skip_limit(weights, op_names=DARTS_OPS, *, max_skips: int = 2) -> Genotype:
+  """DARTS' top-2 derivation with at most ``max_skips`` (2) skip connections in the normal cell.
+
+  The normal cell is derived as :func:`darts_top2`; while it holds more than ``max_skips``
+  ``skip_connect`` genes, the weakest of them (smallest weight; ties to the lower edge) is struck
+  out, its skip weight removed from the candidates, and the cell derived again: that edge then
+  takes its next-best operation, and if that leaves it weaker than another edge of its node, the
+  node takes that edge instead. The reduction cell is :func:`darts_top2`'s.
+
+  This is the rule of P-DARTS (Chen et al., ICCV 2019, §3.3, "search space regularization";
+  ``check_sk_number``, ``delete_min_sk_prob``, ``keep_1_on``, ``keep_2_branches`` in
+  chenxin061/pdarts ``train_search.py``, which zeroes the weakest chosen skip's probability and
+  re-derives until M = 2 remain), which DARTS+ (Liang et al., 2019) discusses as the alternative to
+  its own remedy, early stopping once the normal cell has two skips
+  (:func:`jaxnas.stopping.darts_plus_skips`). The DARTS+ paper's full text could not be checked
+  here for a derivation rule of its own. P-DARTS applies it after its last stage, to three
+  operations per edge; jaxnas to every operation of the space.
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, e.g. ``softmax(alphas)``.
+    op_names: the ``K`` operation names, in column order.
+    max_skips: the most skip connections the normal cell may keep (bind with
+      ``functools.partial``).
+
+  Returns:
+    A darts :class:`Genotype`.
+
+  Raises:
+    JaxnasError: on bad weights or ``max_skips``, or if the space has no operation to replace a
+      skip with.
+  """
+  if isinstance(max_skips, (bool, np.bool_)) or not isinstance(max_skips, (int, np.integer)) \
+      or max_skips < 0:
+    raise JaxnasError(f"darts-plus-skip-limit max_skips is {max_skips!r}; it must be a whole number "
+                      "≥ 0")
+  op_names, arrays = _darts_arrays(weights, op_names, "darts-plus-skip-limit")
+  normal = arrays["normal"]
+  candidate = np.broadcast_to(_not_none(op_names), normal.shape).copy()
+  if "skip_connect" in op_names:
+    skip = op_names.index("skip_connect")
+    if not any(name not in ("none", "skip_connect") for name in op_names):
+      raise JaxnasError(f"darts-plus-skip-limit needs an operation to put in place of a skip; "
+                        f"op_names {list(op_names)} has only none and skip_connect")
+    while True:
+      skips = [(normal[e, k], e) for e, k, _ in _top2_choices(normal, candidate) if k == skip]
+      if len(skips) <= max_skips:
+        break
+      _, weakest = min(skips)
+      candidate[weakest, skip] = False
+  genes = tuple((op_names[k], j) for _, k, j in _top2_choices(normal, candidate))
+  return Genotype(normal=genes, normal_concat=_CONCAT,
+                  reduce=_top2_cell(arrays["reduce"], op_names), reduce_concat=_CONCAT,
+                  space="darts")
+
+
 Rule = Callable[..., Genotype]
 
 RULES: dict[str, Rule] = {
     "darts-top2": darts_top2,
     "nb201-argmax": nb201_argmax,
+    "fairdarts-sparse": fairdarts_sparse,
+    "fairdarts-edge": fairdarts_edge,
+    "darts-plus-skip-limit": darts_plus_skip_limit,
 }
 
 

@@ -139,9 +139,11 @@ def test_nb201_argmax_by_hand_keeps_none_and_breaks_ties_low():
 
 
 def test_rules_registry():
-  assert set(dv.RULES) == {"darts-top2", "nb201-argmax"}
+  assert set(dv.RULES) == {"darts-top2", "nb201-argmax", "fairdarts-sparse", "fairdarts-edge",
+                           "darts-plus-skip-limit"}
   with pytest.raises(JaxnasError, match=r"^unknown derivation rule 'top3'; choose one of: "
-                     r"darts-top2, nb201-argmax$"):
+                     r"darts-plus-skip-limit, darts-top2, fairdarts-edge, fairdarts-sparse, "
+                     r"nb201-argmax$"):
     dv.derive("top3", {"cell": _nb201_weights()})
 
 
@@ -272,7 +274,8 @@ def test_save_and_load(tmp_path):
      r"^genotype has unknown fields \['colour'\]; its fields are \['normal', "),
     ('{"normal": []}', r"^genotype lacks \['normal_concat'\]; its fields are "),
     ('{"normal": [["sep_conv_3x3"]], "normal_concat": [2]}',
-     r"^genotype normal\[0\] is \['sep_conv_3x3'\]; expected an \(op name, input\) pair$"),
+     r"^genotype normal\[0\] is \['sep_conv_3x3'\]; expected an \(op name, input\) pair or an "
+     r"\(op name, node, input\) triple$"),
     ('{"normal": [["sep_conv_3x3", "0"]], "normal_concat": [2]}',
      r"^genotype normal\[0\]'s input is '0'; expected a whole number$"),
     ('{"normal": [["a", 0], ["b", 1]], "normal_concat": [2], "space": "nb301"}',
