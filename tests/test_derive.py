@@ -254,6 +254,27 @@ def test_json_round_trip_and_layout():
                                 normal=(("skip_connect", 0), ("none", 1)), normal_concat=(2,))
 
 
+def test_fairdarts_triples_round_trip_and_print_in_the_reference_notation():
+  # FairDARTS_a of xiaomi-automl/FairDARTS fairdarts/genotypes.py: node 3 of the normal cell has
+  # no input, node 4 one; concat stays range(2, 6).
+  normal = [("sep_conv_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("max_pool_3x3", 4, 0),
+            ("sep_conv_3x3", 5, 0)]
+  reduce = [("max_pool_3x3", 2, 0), ("avg_pool_3x3", 2, 1), ("avg_pool_3x3", 3, 0),
+            ("dil_conv_5x5", 3, 1), ("avg_pool_3x3", 4, 0), ("sep_conv_5x5", 4, 1),
+            ("skip_connect", 5, 0), ("skip_connect", 5, 1)]
+  g = Genotype(normal=normal, normal_concat=range(2, 6), reduce=reduce, reduce_concat=range(2, 6))
+  assert str(g) == (
+      "Genotype(normal=[('sep_conv_3x3', 2, 0), ('sep_conv_5x5', 2, 1), ('max_pool_3x3', 4, 0), "
+      "('sep_conv_3x3', 5, 0)], normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 2, 0), "
+      "('avg_pool_3x3', 2, 1), ('avg_pool_3x3', 3, 0), ('dil_conv_5x5', 3, 1), "
+      "('avg_pool_3x3', 4, 0), ('sep_conv_5x5', 4, 1), ('skip_connect', 5, 0), "
+      "('skip_connect', 5, 1)], reduce_concat=[2, 3, 4, 5])")
+  assert Genotype.from_json(g.to_json()) == g
+  assert json.loads(g.to_json())["normal"][2] == ["max_pool_3x3", 4, 0]
+  # An odd number of genes is fine in this form (a node may have one input).
+  assert len(Genotype(normal=[("sep_conv_3x3", 2, 1)], normal_concat=[2]).normal) == 1
+
+
 def test_save_and_load(tmp_path):
   g = dv.nb201_argmax({"cell": _nb201_weights()})
   written = g.save(tmp_path)
@@ -289,6 +310,23 @@ def test_save_and_load(tmp_path):
      r"^genotype reduce_concat is \[2\] but reduce has no nodes$"),
     ('{"normal": [["none", 0]], "normal_concat": [3], "space": "nb201"}',
      r"^an nb201 genotype needs 6 \(op, from_node\) pairs with from_nodes \[0, 0, 1, 0, 1, 2\]"),
+    # FairDARTS' (op, node, input) triples.
+    ('{"normal": [["a", 2, 0], ["b", 1]], "normal_concat": [2]}',
+     r"^genotype normal mixes \(op, input\) pairs and \(op, node, input\) triples"),
+    ('{"normal": [["a", 1, 0]], "normal_concat": [2]}',
+     r"^genotype normal\[0\] \('a', 1, 0\) is not an edge of a darts cell"),
+    ('{"normal": [["a", 3, 3]], "normal_concat": [2]}',
+     r"^genotype normal\[0\] \('a', 3, 3\) is not an edge of a darts cell"),
+    ('{"normal": [["a", 3, 0], ["b", 2, 1]], "normal_concat": [2, 3]}',
+     r"^genotype normal\[1\] \('b', 2, 1\) comes after a gene of node 3; list \(op, node, input\) "
+     r"triples node by node$"),
+    ('{"normal": [["a", 2, 0]], "normal_concat": [1, 2]}',
+     r"^genotype normal_concat is \[1, 2\]; it must list states ≥ 2"),
+    ('{"normal": [["a", 2, "x"]], "normal_concat": [2]}',
+     r"^genotype normal\[0\]'s input is 'x'; expected a whole number$"),
+    ('{"normal": [["none", 1, 0], ["none", 2, 0], ["none", 2, 1], ["none", 3, 0], ["none", 3, 1], '
+     '["none", 3, 2]], "normal_concat": [3], "space": "nb201"}',
+     r"^an nb201 genotype needs 6 \(op, from_node\) pairs"),
 ])
 def test_bad_genotype_json(text, message):
   with pytest.raises(JaxnasError, match=message):
