@@ -515,7 +515,8 @@ def _fairdarts_genotype(arrays, op_names, parse_cell, rule: str, threshold: floa
     if not cells[cell]:
       largest = float(masked.max())
       raise JaxnasError(f"{rule} kept no operation in the {cell} cell: no weight reached the "
-                        f"threshold {threshold} (the largest is {largest:.4g}); lower the threshold")
+                        f"threshold {threshold} (the largest is {largest:.4g}); lower the "
+                        "threshold")
   return Genotype(normal=cells["normal"], normal_concat=_CONCAT, reduce=cells["reduce"],
                   reduce_concat=_CONCAT, space="darts")
 
@@ -631,8 +632,8 @@ def darts_plus_skip_limit(weights, op_names=DARTS_OPS, *, max_skips: int = 2) ->
   """
   if isinstance(max_skips, (bool, np.bool_)) or not isinstance(max_skips, (int, np.integer)) \
       or max_skips < 0:
-    raise JaxnasError(f"darts-plus-skip-limit max_skips is {max_skips!r}; it must be a whole number "
-                      "≥ 0")
+    raise JaxnasError(f"darts-plus-skip-limit max_skips is {max_skips!r}; it must be a whole "
+                      "number ≥ 0")
   op_names, arrays = _darts_arrays(weights, op_names, "darts-plus-skip-limit")
   normal = arrays["normal"]
   candidate = np.broadcast_to(_not_none(op_names), normal.shape).copy()

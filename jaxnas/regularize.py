@@ -149,14 +149,14 @@ def cdarts_l1(alphas, *, op_names=None, ops: Sequence[str] = CDARTS_OPS) -> jax.
   on the **raw logits** (not the softmax weights), summed over the edges of the normal and the
   reduction cell, as ``add_alpha_regularization(method='L1')`` called from
   ``lib/core/search_function.py`` in microsoft/Cream (CDARTS): ``op_opt`` there is exactly these
-  three operations; ``none`` is not penalised. Its gradient is :math:`\mathrm{sign}(\alpha)` on those
-  columns and zero elsewhere, pulling their logits towards 0 (0 at 0, as PyTorch's ``abs``).
+  three operations; ``none`` is not penalised. Its gradient is :math:`\mathrm{sign}(\alpha)` on
+  those columns and zero elsewhere, pulling their logits towards 0 (0 at 0, as PyTorch's ``abs``).
 
   Departures: the reference's weight decays linearly from ``--regular_coeff`` 5 to 0 over the first
   ``--regular_ratio`` (half) of the search, a schedule jaxnas' ``Regularizer`` records do not have
   yet. Its NAS-Bench-201 code (``benchmark201``, ``l1_loss``) instead penalises the mean of
-  :math:`|\alpha_{none}|` alone; jaxnas applies the DARTS-space rule in every space (in NAS-Bench-201
-  the operations present: skip_connect and avg_pool_3x3).
+  :math:`|\alpha_{none}|` alone; jaxnas applies the DARTS-space rule in every space (in
+  NAS-Bench-201 the operations present: skip_connect and avg_pool_3x3).
 
   Args:
     alphas: pytree of logits, operations on the last axis.

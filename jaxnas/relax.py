@@ -11,7 +11,8 @@ Two keyword arguments are supplied by the search step when a relaxation's signat
 - ``progress``: how far the search is, ``epoch / epochs`` in ``[0, 1)`` (constant within an epoch,
   possibly traced); ``None`` outside a search (derivation, evaluation).
 
-``key`` may be ``None``: deterministic evaluation. Relaxations are looked up by name with :func:`get`.
+``key`` may be ``None``: deterministic evaluation. Relaxations are looked up by name with
+:func:`get`.
 """
 
 from __future__ import annotations
@@ -118,11 +119,11 @@ def sigmoid(alphas, key=None, *, op_names=None, exclude=None):
   not normalised over the operations, so operations do not compete for a shared unit of weight
   (``Network.forward`` in xiaomi-automl/FairDARTS).
 
-  FairDARTS' (and NoisyDARTS') operation set has no ``none``. jaxnas keeps the space's columns (8 for
-  DARTS, 5 for NAS-Bench-201) and gives the excluded operations weight exactly 0, which by default
-  is ``none`` when ``op_names`` has it; the spaces skip the ``none`` term, which contributes exactly
-  zero anyway, so the supernet is the reference's seven-operation supernet, and the ``none`` logit
-  gets no gradient (apart from any weight decay on alphas).
+  FairDARTS' (and NoisyDARTS') operation set has no ``none``. jaxnas keeps the space's columns
+  (8 for DARTS, 5 for NAS-Bench-201) and gives the excluded operations weight exactly 0, which by
+  default is ``none`` when ``op_names`` has it; the spaces skip the ``none`` term, which contributes
+  exactly zero anyway, so the supernet is the reference's seven-operation supernet, and the
+  ``none`` logit gets no gradient (apart from any weight decay on alphas).
 
   Args:
     alphas: pytree of logits, operations on the last axis.
@@ -325,9 +326,9 @@ def pr_gates(alphas, key=None, *, progress=None, k: int = 2, dropout: float = 0.
   value is the mask ``m`` exactly.
 
   Simplified from the reference: (i) it redraws the gates while all are closed (only when
-  ``dropout`` is 0) and takes the random tie-break order only when ``k`` gates are fully open; jaxnas
-  always breaks ties in a random order and never redraws; (ii) ``none`` is a candidate like any
-  other operation, as in the reference (choosing it contributes zero).
+  ``dropout`` is 0) and takes the random tie-break order only when ``k`` gates are fully open;
+  jaxnas always breaks ties in a random order and never redraws; (ii) ``none`` is a candidate like
+  any other operation, as in the reference (choosing it contributes zero).
 
   With ``key=None`` (derivation, evaluation) the weights are ``softmax(alphas)``: the reference
   derives its genotype from softmax(α) (``NASNetworkPRDARTS.genotype``); a supernet evaluated on

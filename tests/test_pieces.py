@@ -405,7 +405,8 @@ def test_softmax_exclude_renormalises_over_the_rest():
 @pytest.mark.parametrize("call, needle", [
     (lambda a: relax.sigmoid(a, op_names=TINY_OPS, exclude=("max_pool_3x3",)),
      r"sigmoid cannot exclude \['max_pool_3x3'\]: not among the space's operations"),
-    (lambda a: relax.sigmoid(a, exclude=("none",)), r"sigmoid got exclude=\['none'\] but no op_names"),
+    (lambda a: relax.sigmoid(a, exclude=("none",)),
+     r"sigmoid got exclude=\['none'\] but no op_names"),
     (lambda a: relax.softmax(a, op_names=TINY_OPS, exclude=TINY_OPS), r"excludes every operation"),
     (lambda a: relax.sigmoid(a, op_names=derive.DARTS_OPS), r"alphas have 3 operation columns but "
      r"op_names lists 8"),
@@ -442,7 +443,8 @@ def test_darts_minus_beta_schedule_matches_the_reference_decay_scheduler():
 
 def test_darts_minus_adds_beta_to_the_skip_column_only():
   rng = np.random.default_rng(7)
-  a = {"normal": jnp.asarray(rng.normal(size=(14, 8))), "reduce": jnp.asarray(rng.normal(size=(14, 8)))}
+  a = {"normal": jnp.asarray(rng.normal(size=(14, 8))),
+       "reduce": jnp.asarray(rng.normal(size=(14, 8)))}
   ops = derive.DARTS_OPS
   for progress, beta in [(0.0, 1.0), (0.25, 0.75), (49 / 50, 0.02)]:
     w = relax.darts_minus(a, op_names=ops, progress=progress)
@@ -466,7 +468,7 @@ def test_darts_minus_adds_beta_to_the_skip_column_only():
 
 @pytest.fixture(scope="module")
 def nb201_group():
-  """An NB201 edge group (3 edges, 2 channels, float64) and one jitted apply over stacked weights."""
+  """An NB201 edge group (3 edges, 2 channels, float64), one jitted apply over stacked weights."""
   from jaxnas.spaces.nb201 import NB201EdgeGroup
   group = NB201EdgeGroup(num_edges=3, channels=2, dtype=jnp.float64)
   rng = np.random.default_rng(11)
@@ -506,7 +508,8 @@ def test_pr_tau_schedule():
 
 def test_pr_gates_pick_k_ops_per_edge_with_straight_through_gradient():
   rng = np.random.default_rng(13)
-  a = {"normal": jnp.asarray(rng.normal(size=(14, 8))), "reduce": jnp.asarray(rng.normal(size=(14, 8)))}
+  a = {"normal": jnp.asarray(rng.normal(size=(14, 8))),
+       "reduce": jnp.asarray(rng.normal(size=(14, 8)))}
   key = jax.random.key(21)
   w = relax.pr_gates(a, key, progress=0.5)
   for k in a:
@@ -556,11 +559,11 @@ def test_pr_gate_distribution_matches_the_hard_concrete_by_hand():
   np.testing.assert_allclose(frac, p_open - p_full, atol=4 * np.sqrt(0.25 / n))
   assert g.max() <= (hi - lo) / (4 * tau) + 1e-12 and g.min() >= 0
   # And the regulariser's gate-open probability is that same P(g > 0).
-  np.testing.assert_allclose(relax.gate_open_probability({"c": jnp.asarray(alpha_values)}, tau)["c"],
-                             p_open, rtol=1e-14)
+  p_reg = relax.gate_open_probability({"c": jnp.asarray(alpha_values)}, tau)["c"]
+  np.testing.assert_allclose(p_reg, p_open, rtol=1e-14)
 
 
-# --- regularisers ----------------------------------------------------------------------------------
+# --- regularisers -------------------------------------------------------------------------------
 
 
 def test_zero_one_loss_and_gradient_by_hand():
