@@ -50,6 +50,7 @@ __all__ = [
     "fairdarts_sparse",
     "fairdarts_edge",
     "darts_plus_skip_limit",
+    "pr_darts_top2",
     "FAIRDARTS_THRESHOLD",
     "RULES",
     "derive",
@@ -654,6 +655,40 @@ def darts_plus_skip_limit(weights, op_names=DARTS_OPS, *, max_skips: int = 2) ->
                   space="darts")
 
 
+def pr_darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
+  """PR-DARTS' derivation: per node, the two heaviest (operation, edge) pairs over all its edges.
+
+  Unlike :func:`darts_top2`, which first picks each edge's best operation and then the two
+  strongest edges, every non-``none`` operation of every incoming edge competes at once, so a node
+  may take two operations from the same edge (``NASNetworkPRDARTS.genotype`` in the authors' code,
+  on ``softmax(alphas)``: the weights :func:`jaxnas.relax.pr_gates` gives at ``key=None``). Ties go to
+  the lower state, then the earlier operation (the reference's stable sort does the same).
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``softmax(alphas)``.
+    op_names: the ``K`` operation names, in column order.
+
+  Returns:
+    A darts :class:`Genotype`, the heavier pair of each node first.
+
+  Raises:
+    JaxnasError: on wrong keys or shapes, non-finite weights, or no operation other than "none".
+  """
+  op_names, arrays = _darts_arrays(weights, op_names, "pr-darts-top2")
+  cells = {}
+  for cell in ("normal", "reduce"):
+    masked = np.where(_not_none(op_names), arrays[cell], -np.inf)
+    genes = []
+    for _, start, end in _node_rows():
+      flat = masked[start:end].reshape(-1)  # (state, op) in row-major order: ties stay low
+      for index in np.argsort(-flat, kind="stable")[:2]:
+        j, k = divmod(int(index), len(op_names))
+        genes.append((op_names[k], j))
+    cells[cell] = tuple(genes)
+  return Genotype(normal=cells["normal"], normal_concat=_CONCAT, reduce=cells["reduce"],
+                  reduce_concat=_CONCAT, space="darts")
+
+
 Rule = Callable[..., Genotype]
 
 RULES: dict[str, Rule] = {
@@ -662,6 +697,7 @@ RULES: dict[str, Rule] = {
     "fairdarts-sparse": fairdarts_sparse,
     "fairdarts-edge": fairdarts_edge,
     "darts-plus-skip-limit": darts_plus_skip_limit,
+    "pr-darts-top2": pr_darts_top2,
 }
 
 

@@ -331,8 +331,8 @@ def pr_gates(alphas, key=None, *, progress=None, k: int = 2, dropout: float = 0.
   any other operation, as in the reference (choosing it contributes zero).
 
   With ``key=None`` (derivation, evaluation) the weights are ``softmax(alphas)``: the reference
-  derives its genotype from softmax(α) (``NASNetworkPRDARTS.genotype``); a supernet evaluated on
-  them is not the gated network it was trained as.
+  derives its genotype from softmax(α) (``NASNetworkPRDARTS.genotype``, jaxnas' ``pr-darts-top2``
+  rule); a supernet evaluated on them is not the gated network it was trained as.
 
   Args:
     alphas: pytree of logits, operations on the last axis.

@@ -140,10 +140,10 @@ def test_nb201_argmax_by_hand_keeps_none_and_breaks_ties_low():
 
 def test_rules_registry():
   assert set(dv.RULES) == {"darts-top2", "nb201-argmax", "fairdarts-sparse", "fairdarts-edge",
-                           "darts-plus-skip-limit"}
+                           "darts-plus-skip-limit", "pr-darts-top2"}
   with pytest.raises(JaxnasError, match=r"^unknown derivation rule 'top3'; choose one of: "
                      r"darts-plus-skip-limit, darts-top2, fairdarts-edge, fairdarts-sparse, "
-                     r"nb201-argmax$"):
+                     r"nb201-argmax, pr-darts-top2$"):
     dv.derive("top3", {"cell": _nb201_weights()})
 
 

@@ -853,3 +853,20 @@ def test_darts_plus_skip_limit_by_hand():
   only = {"normal": np.ones((14, 2)), "reduce": np.ones((14, 2))}
   with pytest.raises(JaxnasError, match=r"needs an operation to put in place of a skip"):
     derive.darts_plus_skip_limit(only, ("none", "skip_connect"))
+
+
+def test_pr_darts_top2_lets_two_ops_of_one_edge_win():
+  w = np.full((14, 8), 0.01)
+  w[:, NONE_] = 0.9  # never counts
+  w[0, SEP3], w[0, DIL3], w[1, SKIP_] = 0.40, 0.35, 0.30  # node 0: both from edge 0
+  w[2, MAX], w[3, AVG], w[4, SEP5] = 0.20, 0.50, 0.20  # node 1: avg from 1, then the tie: max
+  w[5:9, SEP3] = 0.1  # node 2: four-way tie, so states 0 and 1
+  w[13, DIL5], w[13, SEP5], w[9, SKIP_] = 0.6, 0.3, 0.5  # node 3: dil5 from 4, then skip from 0
+  g = derive.derive("pr-darts-top2", {"normal": w, "reduce": w})
+  assert g.normal == (("sep_conv_3x3", 0), ("dil_conv_3x3", 0),
+                      ("avg_pool_3x3", 1), ("max_pool_3x3", 0),
+                      ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
+                      ("dil_conv_5x5", 4), ("skip_connect", 0))
+  # DARTS' rule on the same weights takes one operation per edge.
+  assert derive.darts_top2({"normal": w, "reduce": w}).normal[:2] == (("sep_conv_3x3", 0),
+                                                                      ("skip_connect", 1))
