@@ -661,8 +661,8 @@ def pr_darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
   Unlike :func:`darts_top2`, which first picks each edge's best operation and then the two
   strongest edges, every non-``none`` operation of every incoming edge competes at once, so a node
   may take two operations from the same edge (``NASNetworkPRDARTS.genotype`` in the authors' code,
-  on ``softmax(alphas)``: the weights :func:`jaxnas.relax.pr_gates` gives at ``key=None``). Ties go to
-  the lower state, then the earlier operation (the reference's stable sort does the same).
+  on ``softmax(alphas)``: the weights :func:`jaxnas.relax.pr_gates` gives at ``key=None``). Ties go
+  to the lower state, then the earlier operation (the reference's stable sort does the same).
 
   Args:
     weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``softmax(alphas)``.
