@@ -1,7 +1,7 @@
-"""The dominant eigenvalue of a Hessian, matrix-free or dense, for any scalar function of a pytree.
+r"""The dominant eigenvalue of a Hessian, matrix-free or dense, for any scalar function of a pytree.
 
 R-DARTS (Zela et al., *Understanding and Robustifying Differentiable Architecture Search*, ICLR
-2020) tracks the dominant eigenvalue of :math:`\\nabla^2_\\alpha \\mathcal{L}_{val}(w, \\alpha)` during
+2020) tracks the dominant eigenvalue of :math:`\nabla^2_\alpha \mathcal{L}_{val}(w, \alpha)` during
 the search: it grows while the derived cell fills with parameter-free operations, and DARTS-ES stops
 the search on it (:func:`jaxnas.stopping.rdarts_es`). This module computes it for any ``fn(x) ->
 scalar`` of a pytree ``x`` (the alphas), knowing nothing of Flax or of the search:
@@ -9,17 +9,18 @@ scalar`` of a pytree ``x`` (the alphas), knowing nothing of Flax or of the searc
 - :func:`hvp`: the exact Hessian-vector product :math:`Hv`, forward-over-reverse;
 - :func:`power_iteration`: the eigenvalue of **largest magnitude** (signed), by repeated :math:`Hv`;
 - :func:`lanczos`: the **largest algebraic** eigenvalue of the Lanczos tridiagonal matrix, with full
-  reorthogonalisation (a lower bound on :math:`\\lambda_{max}(H)`, exact once ``iters`` reaches the
+  reorthogonalisation (a lower bound on :math:`\lambda_{max}(H)`, exact once ``iters`` reaches the
   size of ``x``);
-- :func:`dense_eigenvalues`: every eigenvalue of the full Hessian (``jax.hessian``), for small ``x``;
+- :func:`dense_eigenvalues`: every eigenvalue of the full Hessian (``jax.hessian``), small ``x``;
 - :func:`dominant_eigenvalue`: one of the three by name.
 
-Which eigenvalue. The reference computes the full Hessian and reports ``max(numpy.linalg.eigvals(H))``
-(``src/search/train_search.py`` in automl/RobustDARTS), the largest *algebraic* eigenvalue. That is
-what ``"dense"`` and ``"lanczos"`` return. Power iteration converges to the eigenvalue of largest
-*magnitude*, the same number whenever :math:`\\lambda_{max} \\ge |\\lambda_{min}|` (near a minimum of
-the validation loss, where the interesting curvature is positive), but a negative number when the
-most negative curvature is the larger; it is offered because it is the textbook estimator and needs
+Which eigenvalue. The reference computes the full Hessian and reports
+``max(numpy.linalg.eigvals(H))`` (``src/search/train_search.py`` in automl/RobustDARTS), the largest
+*algebraic* eigenvalue. That is what ``"dense"`` and ``"lanczos"`` return. Power iteration
+converges to the eigenvalue of largest *magnitude*, the same number whenever
+:math:`\lambda_{max} \ge |\lambda_{min}|` (near a minimum of the validation loss, where the
+interesting curvature is positive), but a negative number when the most negative curvature is the
+larger; it is offered because it is the textbook estimator and needs
 no storage, not because the reference uses it (it does not: REFERENCE §10).
 
 The iterative methods work on the ravelled pytree (``jax.flatten_util.ravel_pytree``), which is
@@ -76,7 +77,7 @@ def _flat_problem(fn, x):
   """``(flat_x, f, unravel)`` with ``f(flat) = fn(unravel(flat))``, after checking fn and x."""
   leaves = jax.tree.leaves(x)
   if not leaves:
-    raise JaxnasError("x has no arrays; pass the pytree the Hessian is taken over (e.g. the alphas)")
+    raise JaxnasError("x has no arrays; pass the pytree the Hessian is taken over (the alphas)")
   for leaf in leaves:
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise JaxnasError(f"x must hold floating arrays only, got one of dtype "
@@ -110,7 +111,8 @@ def power_iteration(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters:
   keeps the sign, so it converges to the eigenvalue :math:`\lambda_1` of largest :math:`|\lambda|`
   (error :math:`O(|\lambda_2/\lambda_1|^{2K})`), **not** to the largest algebraic eigenvalue that
   R-DARTS reports when the most negative eigenvalue is larger in magnitude (see the module
-  docstring). ``iters + 1`` Hessian-vector products in all.
+  docstring). ``iters + 1`` Hessian-vector products in all, through one traced product (one
+  compile of the network's second-order program).
 
   Args:
     fn: a scalar function of the pytree ``x``.
@@ -120,17 +122,25 @@ def power_iteration(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters:
 
   Returns:
     ``(eigenvalue, eigenvector, info)``: the Rayleigh quotient (a scalar), the unit vector
-    :math:`v_K` as a pytree like ``x``, and ``info = {"residual": ‖Hv − λv‖}`` (zero for an exact
-    eigenpair; :math:`|\lambda - \lambda_i| \le` residual for some eigenvalue :math:`\lambda_i`).
+    :math:`v_K` as a pytree like ``x``, and ``info = {"residual": ‖Hv − λv‖}`` (zero for an
+    exact eigenpair; :math:`|\lambda - \lambda_i| \le` residual for some eigenvalue
+    :math:`\lambda_i`).
 
   Raises:
     JaxnasError: if ``iters`` < 1, ``x`` is empty or not floating, or ``fn`` is not scalar.
   """
   iters = _check_iters(iters)
   z, f, unravel = _flat_problem(fn, x)
-  v = _unit(jax.random.normal(key, z.shape, z.dtype))
-  v = jax.lax.fori_loop(0, iters, lambda _, v: _unit(_flat_hvp(f, z, v)), v)
-  hv = _flat_hvp(f, z, v)
+  v0 = _unit(jax.random.normal(key, z.shape, z.dtype))
+
+  def step(_, carry):  # (v_k, ·, ·) -> (v_{k+1}, v_k, H v_k)
+    v, _, _ = carry
+    hv = _flat_hvp(f, z, v)
+    return _unit(hv), v, hv
+
+  # iters + 1 passes through one traced HVP (one copy of the network's second-order program to
+  # compile): the last leaves v_K and H v_K.
+  _, v, hv = jax.lax.fori_loop(0, iters + 1, step, (v0, v0, v0))
   eigenvalue = jnp.vdot(v, hv)
   residual = jnp.linalg.norm(hv - eigenvalue * v)
   return eigenvalue, unravel(v), {"residual": residual}
@@ -164,6 +174,12 @@ def lanczos(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters: int = 2
   subspace. (Padding with zero vectors instead would add spurious zero Ritz values, wrong when
   every eigenvalue is negative.)
 
+  The residual needs no further Hessian-vector product: with :math:`E` the remainders
+  :math:`r_j` that the recurrence dropped (at restarts and at the last step),
+  :math:`HQ = QT + E` holds to rounding, so for the Ritz pair :math:`(\theta, y = Qs)`,
+  :math:`Hy - \theta y = Es`. One traced Hessian-vector product in all, so the network's
+  second-order program is compiled once.
+
   Args:
     fn: a scalar function of the pytree ``x``.
     x: the point (e.g. the alphas).
@@ -173,9 +189,8 @@ def lanczos(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters: int = 2
   Returns:
     ``(eigenvalue, info)``: the largest Ritz value (a scalar) and ``info`` with ``"eigenvector"``
     (its Ritz vector :math:`y = Q s`, a unit pytree like ``x``), ``"residual"``
-    (:math:`\lVert Hy - \lambda y \rVert`, from one more Hessian-vector product) and
-    ``"ritz_values"`` (every eigenvalue of :math:`T`, ascending). ``m + 1`` Hessian-vector
-    products in all.
+    (:math:`\lVert Hy - \lambda y \rVert = \lVert Es \rVert`) and ``"ritz_values"`` (every
+    eigenvalue of :math:`T`, ascending). ``m`` Hessian-vector products in all.
 
   Raises:
     JaxnasError: if ``iters`` < 1, ``x`` is empty or not floating, or ``fn`` is not scalar.
@@ -191,7 +206,7 @@ def lanczos(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters: int = 2
   b = jnp.zeros((m,), z.dtype)
 
   def step(j, carry):
-    q, a, b, scale = carry
+    q, a, b, e, scale = carry
     w = _flat_hvp(f, z, q[j])
     a = a.at[j].set(jnp.vdot(q[j], w))
     scale = jnp.maximum(scale, jnp.linalg.norm(w))
@@ -201,13 +216,15 @@ def lanczos(fn: Callable[[Any], jax.Array], x, key: jax.Array, *, iters: int = 2
     broke = norm <= tol * scale
     q = q.at[j + 1].set(jnp.where(broke, _unit(fresh), r / jnp.where(broke, 1.0, norm)))
     b = b.at[j].set(jnp.where(broke, jnp.zeros_like(norm), norm))
-    return q, a, b, scale
+    e = e.at[j].set(jnp.where(broke | (j == m - 1), r, jnp.zeros_like(r)))
+    return q, a, b, e, scale
 
-  q, a, b, _ = jax.lax.fori_loop(0, m, step, (q, a, b, jnp.zeros((), z.dtype)))
+  q, a, b, e, _ = jax.lax.fori_loop(0, m, step, (q, a, b, jnp.zeros((m, n), z.dtype),
+                                                 jnp.zeros((), z.dtype)))
   t = jnp.diag(a) + jnp.diag(b[:m - 1], 1) + jnp.diag(b[:m - 1], -1)
   ritz, s = jnp.linalg.eigh(t)
-  y = _unit(q[:m].T @ s[:, -1])
-  residual = jnp.linalg.norm(_flat_hvp(f, z, y) - ritz[-1] * y)
+  y = q[:m].T @ s[:, -1]
+  residual = jnp.linalg.norm(e.T @ s[:, -1])
   return ritz[-1], {"eigenvector": unravel(y), "residual": residual, "ritz_values": ritz}
 
 
