@@ -60,6 +60,26 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default=None, help="run directory (default: runs/<method>-...-<time>)")
   s.add_argument("--log-every", type=_int, default=1, help="steps between metrics.jsonl lines")
   s.add_argument("--depthwise", default="lax", help="depthwise conv form for darts: lax (default), taps or vjp")
+  pieces = s.add_argument_group(
+      "pieces", "compose a method: any recipe takes another estimator, perturbation, stopping rule "
+      "or extra regularisers")
+  pieces.add_argument("--estimator-option", action="append", default=[], metavar="KEY=VALUE",
+                      help="set an estimator option, e.g. unroll_steps=5 (repeatable)")
+  pieces.add_argument("--add-regularizer", action="append", default=[],
+                      metavar="NAME:WEIGHT[:SCHEDULE]",
+                      help="add a regulariser on alphas, e.g. beta-decay:50:linear (repeatable; "
+                           "replaces the weight of the recipe's own of that name)")
+  pieces.add_argument("--perturbation", default=None,
+                      help="perturbation of the mixing weights for the weight step "
+                           "(random-smoothing, pgd; 'none' removes the recipe's)")
+  pieces.add_argument("--stopping", default=None,
+                      help="stopping rule evaluated at each epoch end ('none' removes the "
+                           "recipe's)")
+  pieces.add_argument("--eigen-every", type=_int, default=0, metavar="N",
+                      help="log the dominant Hessian eigenvalue of the val loss in alphas every N "
+                           "steps (0: only when the stopping rule needs it)")
+  s.add_argument("--save-trajectory", type=_int, default=0, metavar="N",
+                 help="save weights and alphas every N steps for 'jaxnas study hypergrad --run'")
   s.add_argument("--dry-run", action="store_true",
                  help="build the supernet, write config.json (with num_params) and stop")
   s.add_argument("--no-compile-cache", action="store_true",
@@ -117,7 +137,11 @@ def _search(args) -> int:
                      dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                      steps=args.steps, batch_size=args.batch_size, channels=args.channels,
                      cells=args.cells, seed=args.seed, out=args.out, log_every=args.log_every,
-                     dry_run=args.dry_run, depthwise=args.depthwise)
+                     dry_run=args.dry_run, depthwise=args.depthwise,
+                     add_regularizers=tuple(args.add_regularizer),
+                     estimator_options=tuple(args.estimator_option),
+                     perturbation=args.perturbation, stopping=args.stopping,
+                     eigen_every=args.eigen_every, save_trajectory=args.save_trajectory)
   with _compile_cache(not args.no_compile_cache and not args.dry_run):
     run_search(cfg)
   return 0
@@ -125,7 +149,7 @@ def _search(args) -> int:
 
 def _derive(args) -> int:
   import numpy as np
-  from jaxnas import derive, methods, relax
+  from jaxnas import derive, methods, search
   run_dir = pathlib.Path(args.run_dir)
   cfg_path, alphas_path = run_dir / "config.json", run_dir / "alphas.npz"
   for path in (cfg_path, alphas_path):
@@ -137,7 +161,9 @@ def _derive(args) -> int:
     space = config["config"]["space"]
     recipe = methods.Recipe(**{k: v for k, v in config["recipe"].items()
                                if k in ("name", "description", "relaxation", "derivation")})
-    relax_opts = dict(config["recipe"].get("relaxation_options") or [])
+    relax_opts = tuple((k, tuple(v) if isinstance(v, list) else v)
+                       for k, v in config["recipe"].get("relaxation_options") or [])
+    recipe = recipe.replace(relaxation_options=relax_opts)
   except (ValueError, KeyError, TypeError) as e:
     raise JaxnasError(f"{cfg_path} is not a jaxnas config.json ({e}); pass a run directory "
                       "written by 'jaxnas search'")
@@ -150,7 +176,7 @@ def _derive(args) -> int:
   model = spaces.get(space)
   spaces.check_weights(alphas, model.alpha_shapes(), space)
   import jax.numpy as jnp
-  mixing = relax.get(recipe.relaxation, **relax_opts)(
+  mixing = search.make_relaxation(recipe, model.op_names)(
       {k: jnp.asarray(v) for k, v in alphas.items()}, None)
   rule = args.rule or recipe.derivation or model.default_rule
   genotype = derive.derive(rule, {k: np.asarray(v) for k, v in mixing.items()}, model.op_names)
@@ -184,6 +210,8 @@ def _methods(args) -> int:
   width = max(len(n) for n in methods.METHODS)
   for name, recipe in sorted(methods.METHODS.items()):
     print(f"{name:<{width}}  {recipe.description}")
+    if recipe.paper:
+      print(f"{'':<{width}}  paper: {recipe.paper}")
   return 0
 
 

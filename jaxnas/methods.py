@@ -32,7 +32,7 @@ def options(frozen: tuple) -> dict:
   return dict(frozen)
 
 
-SCHEDULES = ("constant", "linear")
+SCHEDULES = ("constant", "linear", "decay-half")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +42,9 @@ class Regularizer:
   Attributes:
     name: key of :data:`jaxnas.regularize.REGULARIZERS`.
     weight: ``λ`` (the final weight for ``"linear"``).
-    schedule: ``"constant"`` (``λ_t = λ``) or ``"linear"`` (``λ_t = λ·e/E`` at epoch ``e`` of
-      ``E``, counted from 0 and constant within an epoch, as β-DARTS' ``λ = λ_max·epoch/E``).
+    schedule: ``"constant"`` (``λ_t = λ``), ``"linear"`` (``λ_t = λ·e/E`` at epoch ``e`` of
+      ``E``, counted from 0 and constant within an epoch, as β-DARTS' ``λ = λ_max·epoch/E``) or
+      ``"decay-half"`` (``λ_t = λ·max(0, 1 − 2e/E)``, CDARTS).
   """
 
   name: str
@@ -123,6 +124,8 @@ class Recipe:
       :func:`jaxnas.run.run_search` evaluates at each epoch end, or None to run all steps.
     arch_first: architecture step before the weight step (DARTS); False for GDAS's order.
     arch_warmup_epochs: epochs of weight-only training before alphas move (PC-DARTS: 15).
+    space_options: keyword options for the search space's module that the method needs, e.g.
+      NoisyDARTS' ``(("skip_noise", 0.2),)``.
     weight_optimizer, arch_optimizer: optimiser settings.
     paper: reference for the method.
   """
@@ -141,13 +144,15 @@ class Recipe:
   stopping: Optional[str] = None
   arch_first: bool = True
   arch_warmup_epochs: int = 0
+  space_options: tuple = ()
   weight_optimizer: WeightOptimizer = WeightOptimizer()
   arch_optimizer: ArchOptimizer = ArchOptimizer()
   paper: str = ""
 
   def __post_init__(self):
     object.__setattr__(self, "regularizers", tuple(map(_regularizer, self.regularizers)))
-    for field in ("relaxation_options", "estimator_options", "perturbation_options"):
+    for field in ("relaxation_options", "estimator_options", "perturbation_options",
+                  "space_options"):
       if isinstance(getattr(self, field), dict):  # a dict is accepted and frozen
         object.__setattr__(self, field, freeze_options(getattr(self, field)))
 
@@ -177,4 +182,183 @@ register(Recipe(
     name="darts-1st",
     description="DARTS, first order: softmax relaxation, g = ∇_α L_val(w, α), top-2 derivation",
     paper="Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019.",
+))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hypergradient recipes (DESIGN §3, REFERENCE §1–§2). xi and gamma default to the current weight
+# learning rate (the search step passes it); the unrolled inner step is the weights' own optax
+# optimiser without its clipping stage (search.make_inner_optimizer), as quark0/darts' unrolled step.
+
+_DARTS_PAPER = "Liu, Simonyan, Yang. DARTS: Differentiable Architecture Search. ICLR 2019."
+
+register(Recipe(
+    name="darts-2nd",
+    description="DARTS, second order as the reference: one unrolled step (momentum and weight "
+                "decay), mixed term by central finite difference, R = 0.01/‖v‖",
+    estimator="unrolled_fd",
+    estimator_options=(("epsilon", 0.01),),
+    paper=_DARTS_PAPER,
+))
+
+register(Recipe(
+    name="darts-2nd-exact",
+    description="DARTS, second order with the mixed product exact (jvp) instead of the finite "
+                "difference; equals autodiff through the unrolled step",
+    estimator="unrolled_hvp",
+    paper=_DARTS_PAPER,
+))
+
+register(Recipe(
+    name="darts-unrolled",
+    description="exact gradient through T = 3 unrolled steps of the weights' optimiser "
+                "(reverse-mode autodiff; T by --estimator-option unroll_steps=T)",
+    estimator="unrolled_autodiff",
+    estimator_options=(("unroll_steps", 3),),
+    paper=_DARTS_PAPER + " (T-step unrolling: Franceschi et al., ICML 2017)",
+))
+
+register(Recipe(
+    name="idarts",
+    description="iDARTS: Neumann-series implicit gradient, K = 2, γ = the weight lr, after T = 4 "
+                "inner steps (from the current weights, not kept; the weight step stays DARTS')",
+    estimator="neumann",
+    estimator_options=(("num_terms", 2), ("unroll_steps", 4)),
+    paper="Zhang, Su, Qi, et al. iDARTS: Differentiable Architecture Search with Stochastic "
+          "Implicit Gradients. ICML 2021.",
+))
+
+register(Recipe(
+    name="implicit-cg",
+    description="implicit gradient with damped conjugate gradients: (H + λI)x = ∇_w L_val, λ = 1, "
+                "at most 10 HVPs (jaxnas' choice; no reference code)",
+    estimator="cg",
+    estimator_options=(("damping", 1.0), ("maxiter", 10), ("tol", 1e-5)),
+    paper="Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit Gradients. NeurIPS 2019 "
+          "(the damped CG solve); Lorraine, Vicol, Duvenaud. AISTATS 2020 (IFT hyperparameters).",
+))
+
+register(Recipe(
+    name="milenas",
+    description="MiLeNAS mixed-level: g = ∇_α L_val + λ ∇_α L_train, λ = 1, first order",
+    estimator="mixed_level",
+    estimator_options=(("mixed_weight", 1.0),),
+    paper="He, Wang, Li. MiLeNAS: Efficient Neural Architecture Search via Mixed-Level "
+          "Reformulation. CVPR 2020.",
+))
+
+
+# ------------------------------------------------------------------------------------------------
+# Robustness recipes (DESIGN §4, REFERENCE §3, §6–§11).
+
+_SDARTS_PAPER = ("Chen, Hsieh. Stabilizing Differentiable Architecture Search via "
+                 "Perturbation-based Regularization. ICML 2020.")
+
+register(Recipe(
+    name="sdarts-rs",
+    description="SDARTS-RS: uniform noise U(−ε, ε) on softmax(α), clipped to the simplex, seen by the "
+                "weight step only; ε 0.03 → 0.3",
+    perturbation="random-smoothing",
+    perturbation_options=(("epsilon_end", 0.3), ("epsilon_start", 0.03)),
+    paper=_SDARTS_PAPER,
+))
+
+register(Recipe(
+    name="sdarts-adv",
+    description="SDARTS-ADV: 7-step L∞ PGD attack on softmax(α) raising the train loss, seen by the "
+                "weight step only; ε 0.03 → 0.3",
+    perturbation="pgd",
+    perturbation_options=(("epsilon_end", 0.3), ("epsilon_start", 0.03), ("steps", 7)),
+    paper=_SDARTS_PAPER,
+))
+
+register(Recipe(
+    name="beta-darts",
+    description="β-DARTS: Beta-Decay regulariser mean_e logsumexp(α_e), λ linear from 0 to 50",
+    regularizers=(Regularizer("beta-decay", 50.0, "linear"),),
+    paper="Ye, Li, Huang, et al. β-DARTS: Beta-Decay Regularization for Differentiable "
+          "Architecture Search. CVPR 2022.",
+))
+
+register(Recipe(
+    name="fairdarts",
+    description="FairDARTS: sigmoid(α) without 'none', zero-one loss w01 = 10, threshold 0.85 "
+                "derivation (sparse); weight lr 0.005, arch Adam 3e-3 β (0.9, 0.999); the paper "
+                "uses batch 128 (--batch-size)",
+    relaxation="sigmoid",
+    regularizers=(Regularizer("zero-one", 10.0),),
+    derivation="fairdarts-sparse",
+    weight_optimizer=WeightOptimizer(lr=0.005, lr_min=0.001),
+    arch_optimizer=ArchOptimizer(lr=3e-3, b1=0.9, b2=0.999),
+    paper="Chu, Zhou, Zhang, Li. Fair DARTS: Eliminating Unfair Advantages in Differentiable "
+          "Architecture Search. ECCV 2020.",
+))
+
+register(Recipe(
+    name="darts-minus",
+    description="DARTS−: auxiliary skip β_aux·skip(x) outside the softmax on every edge, β_aux "
+                "linear 1 → 0 over the search",
+    relaxation="darts-minus",
+    paper="Chu, Wang, Zhang, Zhang, Wei, Yan. DARTS-: Robustly Stepping out of Performance "
+          "Collapse Without Indicators. ICLR 2021.",
+))
+
+register(Recipe(
+    name="noisy-darts",
+    description="NoisyDARTS: Gaussian noise of std 0.2·std(x) on every skip_connect output in "
+                "train mode, no 'none'; weight lr 0.05 (the paper uses batch 128: --batch-size)",
+    relaxation="softmax",
+    relaxation_options=(("exclude", ("none",)),),
+    space_options=(("skip_noise", 0.2),),
+    weight_optimizer=WeightOptimizer(lr=0.05),
+    paper="Chu, Zhang, Li, Li, Wei. Noisy Differentiable Architecture Search. BMVC 2021 "
+          "(arXiv:2005.03566).",
+))
+
+register(Recipe(
+    name="cdarts-l1",
+    description="CDARTS' L1 on the raw logits of the parameter-free ops (pools, skip), weight 5 "
+                "decaying linearly to 0 at half the search",
+    regularizers=(Regularizer("cdarts-l1", 5.0, "decay-half"),),
+    paper="Yu, Peng, Fu, et al. Cyclic Differentiable Architecture Search. TPAMI 2022 "
+          "(microsoft/Cream).",
+))
+
+register(Recipe(
+    name="pr-darts",
+    description="PR-DARTS: hard-concrete gates (top-2 ops per edge, straight-through), skip / "
+                "non-skip group losses (0.01, 0.005) and path-depth loss (0.005), τ 1 → 0.1",
+    relaxation="pr-gates",
+    regularizers=(Regularizer("pr-skip", 0.01), Regularizer("pr-nonskip", 0.005),
+                  Regularizer("pr-path", 0.005)),
+    derivation="pr-darts-top2",
+    paper="Zhou, Xiong, Socher, Hoi. Theory-Inspired Path-Regularized Differential Network "
+          "Architecture Search. NeurIPS 2020.",
+))
+
+register(Recipe(
+    name="unas-gap",
+    description="DARTS first order plus UNAS' generalisation-gap penalty 0.5·|L_val − L_train|, "
+                "differentiated in α (UNAS' own objective is L_train + the penalty)",
+    regularizers=(Regularizer("unas-abs-gap", 0.5),),
+    paper="Vahdat, Mallya, Liu, Kautz. UNAS: Differentiable Architecture Search Meets "
+          "Reinforcement Learning. CVPR 2020.",
+))
+
+register(Recipe(
+    name="darts-plus",
+    description="DARTS+: DARTS first order that stops early when the normal cell has ≥ 2 skips "
+                "or the ranking of the learnable ops' alphas is stable for 10 epochs",
+    stopping="darts-plus",
+    paper="Liang, Zhang, Sun, et al. DARTS+: Improved Differentiable Architecture Search with "
+          "Early Stopping. arXiv:1909.06035, 2019.",
+))
+
+register(Recipe(
+    name="rdarts-es",
+    description="R-DARTS' DARTS-ES: log the dominant eigenvalue of ∇²_α L_val each epoch; stop "
+                "when its local average grows 1.3× and return the genotype 8 epochs earlier",
+    stopping="rdarts-es",
+    paper="Zela, Elsken, Saikia, Marrakchi, Brox, Hutter. Understanding and Robustifying "
+          "Differentiable Architecture Search. ICLR 2020.",
 ))

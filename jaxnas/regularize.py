@@ -383,10 +383,14 @@ def scheduled_weight(regularizer, epoch, epochs: int):
   r"""The weight :math:`\lambda_t` of ``regularizer`` at ``epoch`` (0-based, may be traced).
 
   ``"constant"``: :math:`\lambda_t = \lambda`. ``"linear"``: :math:`\lambda_t = \lambda\, e / E`,
-  from 0 at the first epoch, as β-DARTS' ``λ = λ_max·epoch/E`` (REFERENCE §7).
+  from 0 at the first epoch, as β-DARTS' ``λ = λ_max·epoch/E`` (REFERENCE §7). ``"decay-half"``:
+  :math:`\lambda_t = \lambda \max(0, 1 - 2e/E)`, from λ down to 0 at half the search and 0 after,
+  as CDARTS' L1 weight (microsoft/Cream, CDARTS search).
   """
   if regularizer.schedule == "linear":
     return regularizer.weight * epoch / epochs
+  if regularizer.schedule == "decay-half":
+    return regularizer.weight * jnp.maximum(0.0, 1.0 - 2.0 * epoch / epochs)
   return regularizer.weight
 
 

@@ -49,6 +49,13 @@ class SearchConfig:
   log_every: int = 1
   dry_run: bool = False
   depthwise: str = "lax"
+  # Pieces added to the method's recipe from the command line (DESIGN §4, issue 4).
+  add_regularizers: tuple = ()  # ("name:weight[:schedule]", ...)
+  estimator_options: tuple = ()  # ("key=value", ...) set on the (possibly replaced) estimator
+  perturbation: Optional[str] = None  # replaces the recipe's perturbation; "none" removes it
+  stopping: Optional[str] = None  # replaces the recipe's stopping rule; "none" removes it
+  eigen_every: int = 0  # log the Hessian eigenvalue every N steps (0: only if a rule needs it)
+  save_trajectory: int = 0  # save weights/alphas snapshots every N steps (0: never)
 
   def resolved(self) -> "SearchConfig":
     """The config with per-space defaults filled in."""
@@ -91,6 +98,48 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
     raise JaxnasError(f"--seed must be a whole number ≥ 0, got {cfg.seed}")
   if cfg.depthwise not in ("lax", "taps", "vjp"):
     raise JaxnasError(f"--depthwise must be 'lax', 'taps' or 'vjp', got {cfg.depthwise!r}")
+  for value, flag in ((cfg.eigen_every, "--eigen-every"),
+                      (cfg.save_trajectory, "--save-trajectory")):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise JaxnasError(f"{flag} must be a whole number ≥ 0 (0 turns it off), got {value}")
+  for text in cfg.add_regularizers:
+    parse_regularizer(text)
+  for text in cfg.estimator_options:
+    parse_estimator_option(text)
+
+
+def parse_estimator_option(text: str):
+  """``"key=value"`` (``--estimator-option``) as ``(key, int or float)``."""
+  key, sep, value = str(text).partition("=")
+  if not sep or not key or not value:
+    raise JaxnasError(f"--estimator-option {text!r}: write KEY=VALUE, e.g. unroll_steps=5 or "
+                      "epsilon=0.001")
+  try:
+    number = int(value)
+  except ValueError:
+    try:
+      number = float(value)
+    except ValueError:
+      raise JaxnasError(f"--estimator-option {text!r}: the value {value!r} is not a number")
+  return key, number
+
+
+def parse_regularizer(text: str):
+  """``"name:weight[:schedule]"`` (``--add-regularizer``) as a :class:`jaxnas.methods.Regularizer`."""
+  from jaxnas import methods, regularize
+  parts = str(text).split(":")
+  if len(parts) not in (2, 3) or not parts[0]:
+    raise JaxnasError(f"--add-regularizer {text!r}: write NAME:WEIGHT or NAME:WEIGHT:SCHEDULE, "
+                      "e.g. beta-decay:1.0:linear")
+  regularize.get(parts[0])
+  try:
+    weight = float(parts[1])
+  except ValueError:
+    raise JaxnasError(f"--add-regularizer {text!r}: the weight {parts[1]!r} is not a number")
+  if not math.isfinite(weight) or weight < 0:
+    raise JaxnasError(f"--add-regularizer {text!r}: the weight must be a finite number ≥ 0, "
+                      f"got {parts[1]}")
+  return methods.Regularizer(parts[0], weight, *parts[2:])
 
 
 def space_config(cfg: SearchConfig, num_classes: int) -> dict:
@@ -101,17 +150,67 @@ def space_config(cfg: SearchConfig, num_classes: int) -> dict:
               depthwise=cfg.depthwise)
 
 
-def build(cfg: SearchConfig, num_classes: int, *, recipe=None):
-  """The supernet module and the recipe (with ``--estimator`` applied) for ``cfg``.
+def compose_recipe(recipe, cfg: SearchConfig):
+  """``recipe`` with the command line's pieces applied.
 
-  ``recipe``, if given, replaces the registered method ``cfg.method``.
+  ``--estimator`` replaces the estimator (keeping the recipe's estimator options that the new one
+  takes), and each ``--estimator-option KEY=VALUE`` sets one of its options; ``--perturbation`` and ``--stopping`` replace those pieces (``none`` removes them);
+  each ``--add-regularizer NAME:WEIGHT[:SCHEDULE]`` adds a regulariser, or replaces the weight and
+  schedule of the recipe's regulariser of that name.
+  """
+  from jaxnas import hypergrad
+  if cfg.estimator is not None and cfg.estimator != recipe.estimator:
+    known = hypergrad.option_names(cfg.estimator)
+    kept = tuple((k, v) for k, v in recipe.estimator_options if k in known)
+    recipe = recipe.replace(estimator=cfg.estimator, estimator_options=kept)
+  if cfg.estimator_options:
+    opts = dict(recipe.estimator_options)
+    opts.update(parse_estimator_option(t) for t in cfg.estimator_options)
+    recipe = recipe.replace(estimator_options=tuple(sorted(opts.items())))
+  if cfg.perturbation is not None:
+    if cfg.perturbation == "none":
+      recipe = recipe.replace(perturbation=None, perturbation_options=())
+    else:
+      eps = tuple((k, v) for k, v in recipe.perturbation_options
+                  if k in ("epsilon_start", "epsilon_end"))
+      recipe = recipe.replace(perturbation=cfg.perturbation, perturbation_options=eps)
+  if cfg.stopping is not None:
+    recipe = recipe.replace(stopping=None if cfg.stopping == "none" else cfg.stopping)
+  if cfg.add_regularizers:
+    regs = {r.name: r for r in recipe.regularizers}
+    for text in cfg.add_regularizers:
+      r = parse_regularizer(text)
+      regs[r.name] = r
+    recipe = recipe.replace(regularizers=tuple(regs.values()))
+  return recipe
+
+
+def build(cfg: SearchConfig, num_classes: int, *, recipe=None):
+  """The supernet module and the recipe (with the command line's pieces applied) for ``cfg``.
+
+  ``recipe``, if given, replaces the registered method ``cfg.method``. The recipe's
+  ``space_options`` (e.g. NoisyDARTS' ``skip_noise``) are passed to the space's module.
   """
   from jaxnas import methods, spaces
-  model = spaces.get(cfg.space, **space_config(cfg, num_classes))
   recipe = methods.get(cfg.method) if recipe is None else recipe
-  if cfg.estimator is not None:
-    recipe = recipe.replace(estimator=cfg.estimator)
+  recipe = compose_recipe(recipe, cfg)
+  model = spaces.get(cfg.space, **space_config(cfg, num_classes),
+                     **methods.options(recipe.space_options))
   return model, recipe
+
+
+def check_derivation(model, recipe) -> str:
+  """The derivation rule the run will use; a one-line error if it cannot serve this space."""
+  from jaxnas import derive
+  rule = recipe.derivation or model.default_rule
+  # All-ones weights: every threshold rule keeps something, every top-k rule has its choice.
+  ones = {k: np.ones(shape) for k, shape in model.alpha_shapes().items()}
+  try:
+    derive.derive(rule, ones, model.op_names)
+  except JaxnasError as e:
+    raise JaxnasError(f"derivation rule {rule!r} of method {recipe.name!r} cannot serve the "
+                      f"{model.space_name} space ({e}); choose another --space or method")
+  return rule
 
 
 def count_params(model, image_shape) -> int:
@@ -190,7 +289,13 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
   end of every epoch but the last, on the genotype derived from the current deterministic mixing
   weights (``relaxation(alphas, None)``) with the recipe's derivation rule. When it fires, the
   search stops after that epoch, prints one line saying so, and ``summary.json`` records
-  ``stopped_at_epoch`` (1-based; null when the search ran to the end).
+  ``stopped_at_epoch`` (1-based; null when the search ran to the end). A rule that returns an
+  epoch number instead of True (R-DARTS' early stop) makes the run return that epoch's alphas and
+  genotype (``returned_epoch``; the last alphas are kept in ``alphas-final.npz``). A rule that reads
+  the Hessian eigenvalue (``needs_metrics``) turns its logging on at every epoch end.
+
+  ``cfg.save_trajectory = N`` saves a snapshot (weights, statistics, alphas) every N steps and at
+  the end under ``trajectory/`` for ``jaxnas study hypergrad --run``.
 
   Args:
     cfg: the search.
@@ -207,8 +312,7 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
   validate(cfg, recipe=recipe)
   cfg = cfg.resolved()
   validate(cfg, recipe=recipe)
-  from jaxnas import data, derive, relax, search, stopping
-  from jaxnas.methods import options
+  from jaxnas import data, derive, search, stopping
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
   for n, part in ((len(dataset.train_x), "search-train"), (len(dataset.val_x), "search-val")):
     data.validate_batch_size(n, cfg.batch_size, f"{part} images of {dataset.name}")
@@ -217,6 +321,15 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
   total_steps = cfg.steps if cfg.steps is not None else cfg.epochs * spe
   epochs = math.ceil(total_steps / spe)
   search.check_recipe(recipe, steps_per_epoch=spe, epochs=epochs)
+  rule = check_derivation(model, recipe)
+  stop_rule = stopping.get(recipe.stopping) if recipe.stopping is not None else None
+  eigen_every = cfg.eigen_every
+  if stop_rule is not None and "hessian_eigenvalue" in stopping.required_metrics(stop_rule):
+    if eigen_every and spe % eigen_every:
+      raise JaxnasError(f"stopping rule {recipe.stopping!r} reads the Hessian eigenvalue at each "
+                        f"epoch end, but --eigen-every {eigen_every} does not divide the "
+                        f"{spe} steps of an epoch; choose a divisor or leave it out")
+    eigen_every = eigen_every or spe
   num_params = count_params(model, dataset.image_shape)
 
   run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
@@ -229,6 +342,7 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
                   "num_classes": dataset.num_classes, "search_train": len(dataset.train_x),
                   "search_val": len(dataset.val_x), "test": len(dataset.test_x)},
       "steps_per_epoch": spe, "total_steps": total_steps, "epochs": epochs,
+      "eigen_every": eigen_every,
       "versions": _versions(),
       "command": sys.argv,
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -244,17 +358,24 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
   import jax
   state = search.init_search_state(model, recipe, jax.random.key(cfg.seed), dataset.image_shape,
                                    steps_per_epoch=spe, epochs=epochs)
-  step_fn = search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs)
-  relaxation = relax.get(recipe.relaxation, **options(recipe.relaxation_options))
-  rule = recipe.derivation or model.default_rule
+  step_fn = search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
+                                    eigen_every=eigen_every)
+  relaxation = search.make_relaxation(recipe, model.op_names)
 
-  def derive_now():
-    mixing = jax.device_get(relaxation(state.alphas, None))
+  def derive_now(alphas):
+    """``(genotype, mixing, error)``: a rule that finds nothing to keep (FairDARTS' threshold
+    early in a search) is reported, not fatal: the run's other results stay."""
+    mixing = jax.device_get(relaxation(alphas, None))
     mixing = {k: np.asarray(v) for k, v in mixing.items()}
-    return derive.derive(rule, mixing, model.op_names), mixing
+    try:
+      return derive.derive(rule, mixing, model.op_names), mixing, None
+    except JaxnasError as e:
+      return None, mixing, str(e)
 
-  stop_rule = stopping.get(recipe.stopping) if recipe.stopping is not None else None
-  history, stopped_at, steps_done = [], None, total_steps
+  if cfg.save_trajectory:
+    from jaxnas import trajectory
+  history, stopped_at, steps_done, returned_epoch = [], None, total_steps, None
+  last_eigen = math.nan
   t0 = time.perf_counter()
   progress = _Progress(total_steps, spe)
   compile_s = None
@@ -268,6 +389,10 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
           jax.block_until_ready(state)
           compile_s = time.perf_counter() - t0
         step = i + 1
+        if cfg.save_trajectory and (step % cfg.save_trajectory == 0 or step == total_steps):
+          trajectory.save_snapshot(run_dir, step, state)
+        if eigen_every and step % eigen_every == 0:
+          last_eigen = float(jax.device_get(metrics["hessian_eigenvalue"]))
         if step % cfg.log_every == 0 or step == total_steps:
           m = _jsonable(jax.device_get(metrics))
           bad = [k for k in ("train_loss", "val_loss", "weight_grad_norm", "alpha_grad_norm")
@@ -282,11 +407,21 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
                               f"in {run_dir / 'metrics.jsonl'}")
           progress.update(step, m)
         if stop_rule is not None and step % spe == 0 and step < total_steps:
-          genotype, mixing = derive_now()
-          history.append(stopping.EpochRecord(epoch=step // spe, genotype=genotype, mixing=mixing,
-                                              metrics=_jsonable(jax.device_get(metrics))))
-          if stop_rule(genotype, tuple(history)):
+          alphas_now = jax.device_get(state.alphas)
+          genotype, mixing, derive_error = derive_now(alphas_now)
+          if derive_error is not None:  # nothing derivable yet: the rule waits for an epoch
+            continue
+          epoch_metrics = _jsonable(jax.device_get(metrics))
+          if eigen_every:
+            epoch_metrics["hessian_eigenvalue"] = last_eigen
+          history.append(stopping.EpochRecord(
+              epoch=step // spe, genotype=genotype, mixing=mixing, metrics=epoch_metrics,
+              alphas={k: np.asarray(v) for k, v in alphas_now.items()}))
+          chosen = stopping.stop_epoch(stop_rule(genotype, tuple(history)), tuple(history))
+          if chosen is not None:
             stopped_at, steps_done = step // spe, step
+            if chosen != stopped_at:
+              returned_epoch = chosen
             break
     finally:
       progress.close()
@@ -296,18 +431,32 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
           f"on genotype {history[-1].genotype}", file=stdout, flush=True)
 
   alphas = jax.device_get(state.alphas)
+  if returned_epoch is not None:
+    np.savez(run_dir / "alphas-final.npz", **{k: np.asarray(v) for k, v in alphas.items()})
+    alphas = history[returned_epoch - 1].alphas
+    print(f"returning the alphas and genotype of epoch {returned_epoch} (the rule's choice); the "
+          f"last alphas are in alphas-final.npz", file=stdout, flush=True)
   np.savez(run_dir / "alphas.npz", **{k: np.asarray(v) for k, v in alphas.items()})
-  genotype, _ = derive_now()
-  genotype.save(run_dir)
+  genotype, _, derive_error = derive_now(alphas)
+  if genotype is not None:
+    genotype.save(run_dir)
+  if returned_epoch is not None:
+    state = state._replace(alphas=jax.device_put(alphas))
   val_loss, val_acc = search.evaluate(model, relaxation, state, dataset.val_x, dataset.val_y)
   summary = {"supernet_val_accuracy": val_acc, "supernet_val_loss": val_loss,
-             "derivation_rule": rule, "genotype": genotype.to_dict(),
+             "derivation_rule": rule,
+             "genotype": None if genotype is None else genotype.to_dict(),
+             "derivation_error": derive_error,
              "first_step_s": compile_s, "search_s": search_s, "steps": steps_done,
-             "stopped_at_epoch": stopped_at}
-  if genotype.space == "nb201":
+             "stopped_at_epoch": stopped_at, "returned_epoch": returned_epoch}
+  if genotype is not None and genotype.space == "nb201":
     summary["nb201_arch"] = derive.nb201_arch_string(genotype)
   (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-  print(f"genotype ({rule}): {genotype}", file=stdout)
+  if genotype is None:
+    print(f"no genotype: {derive_error} (alphas.npz is written; 'jaxnas derive RUN_DIR --rule "
+          "NAME' derives with another rule)", file=stdout)
+  else:
+    print(f"genotype ({rule}): {genotype}", file=stdout)
   print(f"supernet validation accuracy: {100 * val_acc:.2f}% (loss {val_loss:.4f}) on "
         f"{len(dataset.val_x)} search-val images; {search_s:.1f} s, first step {compile_s:.1f} s",
         file=stdout)

@@ -80,8 +80,12 @@ def test_step_learns_compiles_once_and_is_deterministic(setup):
   delta = np.abs(np.asarray(state.alphas["cell"] - state0.alphas["cell"]))
   assert 0 < delta.max() <= 15 * 3e-4 * 1.01
   assert int(state.step) == 15
-  # One trace for fifteen steps (shapes and dtypes fix everything else).
+  # One trace for fifteen steps (shapes and dtypes fix everything else), and one compilation:
+  # the initial state is committed to the device as every later state is, so jit's cache does
+  # not key a second executable on the first call's uncommitted leaves.
   assert len(traced) == 1
+  assert step._cache_size() == 1
+  assert all(leaf.committed for leaf in jax.tree.leaves(state0))
   # Same start, same batches: bit-identical alphas and weights.
   again = state0
   for _ in range(15):

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnas.derive import DARTS_NUM_NODES, DARTS_OPS, darts_edge_sources
-from jaxnas.spaces.layers import (BatchNorm, avg_pool_3x3, conv2d, depthwise_conv2d,
-                                  max_pool_3x3, torch_uniform)
+from jaxnas.spaces.layers import (BatchNorm, add_skip_noise, avg_pool_3x3, conv2d,
+                                  depthwise_conv2d, max_pool_3x3, torch_uniform)
 
 __all__ = ["DARTS_OPS", "DARTS_EDGES", "DartsSearchNetwork", "reduction_indices"]
 
@@ -69,6 +69,7 @@ class DartsEdgeGroup(nn.Module):
   stride: int
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   def _bn(self, y, name, train):
     b, h, w, e, c = y.shape
@@ -121,10 +122,10 @@ class DartsEdgeGroup(nn.Module):
     max_p = shared_bn(max_pool_3x3(x, stride=s), "max_pool_bn")
     avg_p = shared_bn(avg_pool_3x3(x, stride=s), "avg_pool_bn")
     out = wt[:, 1, None] * max_p[..., None, :] + wt[:, 2, None] * avg_p[..., None, :]
-    if s == 1:
-      out = out + wt[:, 3, None] * x[..., None, :]
-    else:
-      out = out + wt[:, 3, None] * self._factorized_reduce(r, train)
+    skip = x[..., None, :] if s == 1 else self._factorized_reduce(r, train)
+    if self.skip_noise and train:  # every edge draws its own noise
+      skip = add_skip_noise(self, jnp.broadcast_to(skip, out.shape), self.skip_noise, train)
+    out = out + wt[:, 3, None] * skip
     out = out + wt[:, 4, None] * self._sep_conv(r_wide, 3, train)
     out = out + wt[:, 5, None] * self._sep_conv(r_wide, 5, train)
     out = out + wt[:, 6, None] * self._dil_conv(r_wide, 3, train)
@@ -160,6 +161,7 @@ class DartsCell(nn.Module):
   reduction_prev: bool
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   @nn.compact
   def __call__(self, s0, s1, weights, *, train: bool):
@@ -170,8 +172,8 @@ class DartsCell(nn.Module):
     for src in range(NUM_NODES + 1):
       edges = _EDGES_FROM[src]
       stride = 2 if self.reduction and src < 2 else 1
-      out = DartsEdgeGroup(len(edges), c, stride, self.depthwise, self.dtype, name=f"from_{src}")(
-          states[src], weights[jnp.array(edges)], train=train)
+      out = DartsEdgeGroup(len(edges), c, stride, self.depthwise, self.dtype, self.skip_noise,
+                           name=f"from_{src}")(states[src], weights[jnp.array(edges)], train=train)
       for slot, e in enumerate(edges):
         inbox[DARTS_EDGES[e][0]].append(out[..., slot, :])
       if src >= 1:  # after the groups from states 0..src, node src-1 has all its inputs
@@ -189,6 +191,8 @@ class DartsSearchNetwork(nn.Module):
     depthwise: how depthwise convs are traced, ``"lax"``, ``"taps"`` or ``"vjp"`` (see
       ``layers.depthwise_conv2d`` for the measured trade-off).
     dtype: parameter and computation dtype.
+    skip_noise: NoisyDARTS' λ: Gaussian noise of std λ·std(skip output) on every skip_connect
+      in train mode when a ``"noise"`` RNG is given (``layers.add_skip_noise``); 0 turns it off.
 
   ``weights = {"normal": (14, 8), "reduce": (14, 8)}``: one for all normal cells, one for all
   reduction cells, the output of a relaxation.
@@ -199,6 +203,7 @@ class DartsSearchNetwork(nn.Module):
   num_classes: int = 10
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   op_names: Sequence[str] = DARTS_OPS
   space_name = "darts"
@@ -234,7 +239,7 @@ class DartsSearchNetwork(nn.Module):
         c_curr *= 2
       w = weights["reduce" if reduction else "normal"].astype(self.dtype)
       cell = DartsCell(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
-                       name=f"cell_{i}")
+                       self.skip_noise, name=f"cell_{i}")
       s0, s1 = s1, cell(s0, s1, w, train=train)
       reduction_prev = reduction
     x = jnp.mean(s1, axis=(1, 2))

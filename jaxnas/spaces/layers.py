@@ -307,3 +307,22 @@ def avg_pool_3x3(x, *, stride: int = 1):
   ones = jnp.ones((1, x.shape[1], x.shape[2], 1), x.dtype)
   count = lax.reduce_window(ones, 0.0, lax.add, (1, 3, 3, 1), (1, stride, stride, 1), pad)
   return total / count
+
+
+def add_skip_noise(module, y, scale: float, train: bool):
+  r"""NoisyDARTS' noise on the skip connection's output (Chu et al., ECCV 2020 workshop; arXiv:2005.03566).
+
+  .. math:: \tilde y = y + n, \qquad n \sim \mathcal N\big(0, (\lambda\, \mathrm{std}(y))^2\big)
+
+  with :math:`\lambda` = ``scale`` and the standard deviation over the whole tensor, no gradient
+  through the sample or the std, as ``NoiseOp`` in xiaomi-automl/NoisyDARTS. ``y`` has the edges on
+  axis -2 (``(B, H, W, E, C)``) and every edge draws its own noise; the std is taken per edge, over
+  that edge's (B, H, W, C) tensor, as each reference MixedOp sees only its own input. Applied only in
+  train mode, only when ``scale > 0`` and only when the caller gave a ``"noise"`` RNG stream
+  (``model.apply(..., rngs={"noise": key})``); otherwise ``y`` is returned unchanged.
+  """
+  if not scale or not train or not module.has_rng("noise"):
+    return y
+  std = jax.lax.stop_gradient(jnp.std(y, axis=(0, 1, 2, 4), keepdims=True))
+  noise = jax.random.normal(module.make_rng("noise"), y.shape, y.dtype)
+  return y + jnp.asarray(scale, y.dtype) * std * noise

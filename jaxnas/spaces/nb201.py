@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnas.derive import NB201_EDGES, NB201_OPS
-from jaxnas.spaces.layers import BatchNorm, avg_pool_3x3, conv2d, torch_uniform
+from jaxnas.spaces.layers import BatchNorm, add_skip_noise, avg_pool_3x3, conv2d, torch_uniform
 
 __all__ = ["NB201_OPS", "NB201_EDGES", "NB201SearchNetwork", "ResNetBasicBlock"]
 
@@ -46,6 +46,7 @@ class NB201EdgeGroup(nn.Module):
   num_edges: int
   channels: int
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   @nn.compact
   def __call__(self, x, weights, *, train: bool):
@@ -67,7 +68,10 @@ class NB201EdgeGroup(nn.Module):
     y3 = y3.reshape(b, h, w_, e, c)
     pooled = avg_pool_3x3(x)
     wt = weights.astype(self.dtype)  # (E, 5); 'none' contributes exactly zero and is skipped
-    out = (wt[:, 1, None] * x[..., None, :]
+    skip = x[..., None, :]
+    if self.skip_noise and train:  # every edge draws its own noise
+      skip = add_skip_noise(self, jnp.broadcast_to(skip, y1.shape), self.skip_noise, train)
+    out = (wt[:, 1, None] * skip
            + wt[:, 2, None] * y1
            + wt[:, 3, None] * y3
            + wt[:, 4, None] * pooled[..., None, :])
@@ -80,6 +84,7 @@ class NB201Cell(nn.Module):
   channels: int
   train: bool
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   @nn.compact
   def __call__(self, x, weights):
@@ -87,7 +92,8 @@ class NB201Cell(nn.Module):
     inbox = {1: [], 2: [], 3: []}
     for src in range(3):
       edges = _EDGES_FROM[src]
-      out = NB201EdgeGroup(len(edges), self.channels, self.dtype, name=f"from_{src}")(
+      out = NB201EdgeGroup(len(edges), self.channels, self.dtype, self.skip_noise,
+                           name=f"from_{src}")(
           nodes[src], weights[jnp.array(edges)], train=self.train)
       for slot, e in enumerate(edges):
         inbox[NB201_EDGES[e][0]].append(out[..., slot, :])
@@ -142,6 +148,7 @@ class NB201SearchNetwork(nn.Module):
     cells_per_stage: N, identical cells per stage (reference 5).
     num_classes: classifier outputs.
     dtype: parameter and computation dtype.
+    skip_noise: NoisyDARTS' λ (see ``layers.add_skip_noise``); 0 turns it off.
 
   ``__call__(x, weights, *, train)`` takes ``x`` of shape (B, H, W, in_channels) and ``weights =
   {"cell": (6, 5)}``, the output of a relaxation, shared by every cell.
@@ -151,6 +158,7 @@ class NB201SearchNetwork(nn.Module):
   cells_per_stage: int = 5
   num_classes: int = 10
   dtype: Dtype = jnp.float32
+  skip_noise: float = 0.0
 
   op_names: Sequence[str] = NB201_OPS
   space_name = "nb201"
@@ -180,10 +188,10 @@ class NB201SearchNetwork(nn.Module):
       stage_cells = nn.scan(
           NB201Cell,
           variable_axes={"params": 0, "batch_stats": 0},
-          split_rngs={"params": True},
+          split_rngs={"params": True, "noise": True},
           in_axes=nn.broadcast,
           length=self.cells_per_stage)
-      x, _ = stage_cells(width, train, self.dtype, name=f"stage_{stage}")(x, w)
+      x, _ = stage_cells(width, train, self.dtype, self.skip_noise, name=f"stage_{stage}")(x, w)
     x = jax.nn.relu(BatchNorm(affine=True, dtype=self.dtype, name="lastact_bn")(x, train=train))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
