@@ -330,6 +330,11 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
                         f"epoch end, but --eigen-every {eigen_every} does not divide the "
                         f"{spe} steps of an epoch; choose a divisor or leave it out")
     eigen_every = eigen_every or spe
+  if (cfg.space == "darts" and cfg.depthwise == "vjp"
+      and (recipe.estimator not in ("first_order", "mixed_level") or eigen_every)):
+    raise JaxnasError(f"--depthwise vjp has a reverse-mode-only derivative, but estimator "
+                      f"{recipe.estimator!r}" + (" and the Hessian eigenvalue" if eigen_every else "")
+                      + " need forward-over-reverse products; use --depthwise lax or taps")
   num_params = count_params(model, dataset.image_shape)
 
   run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))

@@ -588,3 +588,34 @@ def test_max_pool_gradient_matches_reduce_window(stride):
   (v1, g1), (v2, g2) = mine(x), ref(x)
   np.testing.assert_allclose(v1, v2, rtol=1e-14)
   np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_max_pool_forward_mode_and_second_order_match_reduce_window(stride):
+  """JVP and forward-over-reverse (what HVPs and mixed products need) through the max pool, and
+  ties: the first maximum in row-major order takes the derivative, as select_and_scatter does."""
+  from jax import lax
+  from jaxnas.spaces.layers import max_pool_3x3
+  rng = np.random.default_rng(13)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), F64)
+  t = jnp.asarray(rng.normal(size=x.shape), F64)
+
+  def reference(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, stride, stride, 1),
+                             ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+  pool = lambda x: max_pool_3x3(x, stride=stride)  # noqa: E731
+  _, mine = jax.jit(lambda x, t: jax.jvp(pool, (x,), (t,)))(x, t)
+  _, ref = jax.jit(lambda x, t: jax.jvp(reference, (x,), (t,)))(x, t)
+  np.testing.assert_allclose(mine, ref, rtol=0, atol=1e-14)
+  # A smooth function of the pool, so its Hessian-vector product is not trivially zero.
+  f = lambda p: lambda x: jnp.sum(jnp.sin(p(x)))  # noqa: E731
+  hvp = lambda p: jax.jit(lambda x, t: jax.jvp(jax.grad(f(p)), (x,), (t,))[1])  # noqa: E731
+  np.testing.assert_allclose(hvp(pool)(x, t), hvp(reference)(x, t), rtol=0, atol=1e-13)
+  # Ties (a constant image): every window's first cell in row-major order wins.
+  ones = jnp.ones((1, 4, 4, 1), F64)
+  grads = jax.grad(lambda x: jnp.sum(pool(x) * jnp.arange(1.0, 1 + (4 // stride) ** 2).reshape(
+      1, 4 // stride, 4 // stride, 1)))(ones)
+  ref_grads = jax.grad(lambda x: jnp.sum(reference(x) * jnp.arange(1.0, 1 + (4 // stride) ** 2)
+                                         .reshape(1, 4 // stride, 4 // stride, 1)))(ones)
+  np.testing.assert_array_equal(grads, ref_grads)

@@ -248,7 +248,7 @@ def _pool_taps(xp, stride, ho, wo):
   return [_tap(xp, i, j, 1, stride, ho, wo) for i in range(3) for j in range(3)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _max_pool_slices(x, stride):
   ho, wo = (x.shape[1] - 1) // stride + 1, (x.shape[2] - 1) // stride + 1
   xp = _materialized_pad(x, 1, 1, 1, 1, value=-jnp.inf)
@@ -259,41 +259,38 @@ def _max_pool_slices(x, stride):
   return m
 
 
-def _max_pool_slices_fwd(x, stride):
+@_max_pool_slices.defjvp
+def _max_pool_slices_jvp(stride, primals, tangents):
+  """The tangent of each window's first maximum (row-major), as ``select_and_scatter`` picks.
+
+  A ``custom_jvp`` rather than a ``custom_vjp``: the rule is linear in the tangent (zero-padded
+  slices selected by masks computed from the primal), so JAX transposes it for reverse mode, and
+  forward-over-reverse (Hessian-vector and mixed products of the second-order estimators, the
+  Hessian eigenvalue) works through it, which a ``custom_vjp`` forbids.
+  """
+  (x,), (tx,) = primals, tangents
   m = _max_pool_slices(x, stride)
-  return m, (x, m)
-
-
-def _max_pool_slices_bwd(stride, res, g):
-  x, m = res
-  h, w = x.shape[1], x.shape[2]
   ho, wo = m.shape[1], m.shape[2]
   xp = _materialized_pad(x, 1, 1, 1, 1, value=-jnp.inf)
-  zero = jnp.zeros((), g.dtype)
-  taken, dx = None, None
-  for t, (i, j) in zip(_pool_taps(xp, stride, ho, wo), [(i, j) for i in range(3) for j in range(3)]):
-    # the first maximum of each window in row-major order takes the gradient, as XLA's
-    # select_and_scatter (the gradient of reduce_window max) does
+  tp = lax.pad(tx, jnp.zeros((), tx.dtype), ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0)))
+  zero = jnp.zeros((), tx.dtype)
+  taken, out = None, None
+  for t, tt in zip(_pool_taps(xp, stride, ho, wo), _pool_taps(tp, stride, ho, wo)):
     hit = t == m
     if taken is not None:
       hit = hit & ~taken
     taken = hit if taken is None else taken | hit
-    lo_h, lo_w = i - 1, j - 1
-    cfg = ((0, 0, 0), (lo_h, h - lo_h - (ho - 1) * stride - 1, stride - 1),
-           (lo_w, w - lo_w - (wo - 1) * stride - 1, stride - 1), (0, 0, 0))
-    term = lax.pad(jnp.where(hit, g, zero), zero, cfg)
-    dx = term if dx is None else dx + term
-  return (dx,)
-
-
-_max_pool_slices.defvjp(_max_pool_slices_fwd, _max_pool_slices_bwd)
+    term = jnp.where(hit, tt, zero)
+    out = term if out is None else out + term
+  return m, out
 
 
 def max_pool_3x3(x, *, stride: int = 1):
   """3×3 max pool, padding 1 (padded cells never win), as ``nn.MaxPool2d(3, stride, 1)``.
 
-  Computed as the maximum of 9 shifted slices with a hand-written gradient (the first maximum of
-  each window takes it, as ``reduce_window``'s ``select_and_scatter`` gradient does). On XLA:CPU,
+  Computed as the maximum of 9 shifted slices with a hand-written derivative (the first maximum
+  of each window takes it, as ``reduce_window``'s ``select_and_scatter`` gradient does), given as
+  a linear JVP rule so that both reverse mode and forward-over-reverse work. On XLA:CPU,
   fwd+bwd at (64, 32, 32, 16), 2 cores: 17 ms against 205 ms for ``reduce_window`` at stride 1,
   8 against 34 ms at stride 2 (``experiments/bench_depthwise.py``).
   """
