@@ -21,13 +21,19 @@ The default size is small enough to compile on a 2-core CPU (the full DARTS supe
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
-import jax
-import numpy as np
+# XLA:GPU's Triton GEMM fusion aborts on the DARTS supernet (jax 0.11.2, H200); see jaxnas.cli.
+if "xla_gpu_enable_triton_gemm" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_gpu_enable_triton_gemm=false").strip()
 
-from jaxnas import methods, search, spaces
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxnas import methods, search, spaces  # noqa: E402
 
 
 def _batch(rng, b, shape):

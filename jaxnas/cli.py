@@ -131,7 +131,24 @@ def _compile_cache(enabled: bool):
       jax.config.update(n, v)
 
 
+_TRITON_GEMM_FLAG = "--xla_gpu_enable_triton_gemm=false"
+
+
+def _xla_gpu_workaround(space: str) -> None:
+  """Turns XLA:GPU's Triton GEMM fusion off for the DARTS space, unless XLA_FLAGS says otherwise.
+
+  On an H200 with jax 0.11.2, compiling the DARTS supernet's step aborted the process inside
+  XLA's ``GemmFusion`` pass (``triton_tiling_propagation.cc: Check failed:
+  subdim_size_accumulator == dim_size``); with this flag it compiles and runs. The flag is
+  ignored on CPU. It must be set before JAX starts its backend, hence here and not in the library.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  if space == "darts" and "xla_gpu_enable_triton_gemm" not in flags:
+    os.environ["XLA_FLAGS"] = (flags + " " + _TRITON_GEMM_FLAG).strip()
+
+
 def _search(args) -> int:
+  _xla_gpu_workaround(args.space)
   from jaxnas.run import SearchConfig, run_search
   cfg = SearchConfig(space=args.space, method=args.method, estimator=args.estimator,
                      dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
