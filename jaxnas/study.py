@@ -1,11 +1,11 @@
 r"""How far each hypergradient estimator is from the exact one, and what it costs.
 
-:func:`hypergrad_study` sets up a small bilevel problem whose weights can be optimised to
-stationarity, computes the exact implicit-function-theorem hypergradient with
+:func:`hypergrad_study` sets up a small bilevel problem whose inner problem is solved to a strict
+local minimum, computes the exact implicit-function-theorem hypergradient there with
 :func:`jaxnas.hypergrad.dense_ift`, sweeps every estimator's knobs, and records for each setting the
 relative error and cosine similarity to that reference, the HVP-equivalent passes and the wall time.
 
-Problems (synthetic data drawn from ``seed``; float64 throughout):
+Problems (data drawn from ``seed``; float64 throughout):
 
 - ``ridge``: :math:`\mathcal L_{train} = \lVert X_t w - y_t \rVert^2 / 2n + \tfrac12 \sum_i
   e^{\alpha_i} w_i^2`, :math:`\mathcal L_{val} = \lVert X_v w - y_v \rVert^2 / 2m`, one penalty per
@@ -19,12 +19,45 @@ Problems (synthetic data drawn from ``seed``; float64 throughout):
   plus :math:`\tfrac12 \sum_i e^{\alpha_i} \lVert W_{i,:} \rVert^2` (one penalty per input feature)
   plus a fixed :math:`\tfrac{1}{2} 10^{-2} \lVert b \rVert^2` (softmax is shift-invariant in
   :math:`b`, which would leave :math:`H` singular), optimised to stationarity by Newton's method.
-- ``supernet``: a two-edge mixed-op network
+- ``toy``: a two-edge mixed-op network
   :math:`y = \sum_k \mathrm{softmax}(\alpha_2)_k V_k \tanh(\sum_k \mathrm{softmax}(\alpha_1)_k
   W_k x) + b` with MSE and a fixed weight decay :math:`10^{-3}`, trained to a local minimum by
-  Levenberg–Marquardt on the dense Hessian. Unlike the other two, :math:`\alpha` enters
+  Levenberg–Marquardt on the dense Hessian. Unlike ridge and logistic, :math:`\alpha` enters
   :math:`\nabla_\alpha \mathcal L_{train}` non-quadratically in :math:`w`, so the finite
-  difference of ``unrolled_fd`` has a truncation error (in the first two it is exact up to rounding).
+  difference of ``unrolled_fd`` has a truncation error (in those two it is exact up to rounding).
+- ``supernet``: a real jaxnas supernet: the NAS-Bench-201 space (:func:`jaxnas.spaces.get`,
+  C = 2, one cell per stage, 6,504 weights) with the softmax relaxation, in float64, on a fixed
+  class-balanced subset of the embedded digits (8×8×1): 5 search-train images per class as the
+  train batch, 5 search-val images per class as the val batch, both full batches, BN in train mode
+  (so every loss is a deterministic function of weights, alphas and batch). Weights and alphas come
+  from 100 steps of ``darts-1st`` (:func:`jaxnas.search.make_search_step`) on those batches. The
+  inner variables :math:`w` are then the classifier head (``Dense`` 8 → 10, 90 weights), the rest
+  of the supernet frozen, and
+  :math:`\mathcal L_{train} = \mathrm{CE} + \tfrac{\lambda_w}{2} \lVert w \rVert^2` with the
+  search's own weight decay :math:`\lambda_w = 3 \cdot 10^{-4}`; :math:`\mathcal L_{val}` is the
+  plain cross-entropy. :math:`\alpha` (6 edges × 5 ops) still reaches both losses through every
+  mixed op of the network. The inner problem is strictly convex (cross-entropy is convex in the
+  head, the decay makes it strict; without it the softmax's shift invariance in the bias leaves
+  :math:`H` singular), and Newton's method solves it to :math:`\lVert \nabla_w \mathcal L_{train}
+  \rVert \approx 10^{-14}`.
+
+  Why not all 6,504 (or, at C = 1, 1,717) weights as inner variables: the network is piecewise
+  smooth (ReLU), and its regularised training loss takes its minima on ReLU kinks, where the
+  Hessian the IFT needs does not exist. Measured on the C = 1 supernet (1,717 weights, 10–20
+  images, weight decay :math:`3 \cdot 10^{-4}` to :math:`10^{-2}`; the decay does remove the
+  singularity that affine-free batch norm's scale invariance would leave): Adam then trust-region
+  Newton–CG stalled at :math:`\lVert \nabla \rVert \approx 10^{-2}`, the gradient jumped by
+  :math:`4 \cdot 10^{-2}` across steps of :math:`10^{-5}` (a smooth function with
+  :math:`\lambda_{max} \approx 10^2` allows :math:`10^{-3}`), and :math:`H` kept eigenvalues down
+  to :math:`-0.05`. The head sits after the last ReLU, so its loss is smooth.
+
+**Stationarity check.** Before any estimator runs, the study computes
+:math:`\lVert \nabla_w \mathcal L_{train}(w^*) \rVert` and the eigenvalues of the dense
+:math:`H = \nabla^2_{ww} \mathcal L_{train}(w^*)` (``jax.hessian`` on the weights flattened by
+``ravel_pytree``), records both (``inner_grad_norm``, ``hessian_eig_min``, ``hessian_eig_max``), and
+raises :class:`~jaxnas.errors.JaxnasError` unless the gradient norm is at most
+:data:`STATIONARY_TOL` and :math:`\lambda_{min}(H) > 0`: a strict local minimum, where the IFT
+gives the exact hypergradient.
 
 Every estimator is evaluated at :math:`w^*` with step size :math:`\xi = 1/\lambda_{max}(H)` for the
 unrolled ones.
@@ -32,22 +65,28 @@ unrolled ones.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
 import statistics
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnas import hypergrad
-from jaxnas.errors import unknown_name
+from jaxnas import data, hypergrad, methods, relax, search, spaces
+from jaxnas.errors import JaxnasError, unknown_name
 
-__all__ = ["hypergrad_study", "PROBLEMS"]
+__all__ = ["hypergrad_study", "PROBLEMS", "STATIONARY_TOL", "STUDY_COLUMNS"]
+
+STATIONARY_TOL = 1e-8  # largest ‖∇_w L_train(w*)‖ the study accepts as stationary
+
+# The columns of study.csv and study.md, one row per estimator setting.
+STUDY_COLUMNS = ("estimator", "options", "rel_error", "cosine", "hvp_passes", "wall_time_s")
 
 
 class Problem(NamedTuple):
@@ -59,6 +98,44 @@ class Problem(NamedTuple):
   train: Any
   val: Any
   closed_form: Any  # the exact hypergradient, or None
+  facts: dict  # what the problem's builder reports about itself (sizes, solver steps, ...)
+
+
+def _compile_hot(fn, *args):
+  """``jax.jit(fn)`` compiled for ``args``, at XLA:CPU optimisation level 1 on a CPU.
+
+  For programs that run many times (training steps, Hessian-vector products in a solver loop):
+  under ``jax_disable_most_optimizations`` (level 0, as the tests run) a supernet's HVP runs about
+  10× slower (measured 114 ms against 8 ms on a 2-core CPU, NB201 C = 1, 16 images); elsewhere
+  level 1 is within noise of the default (``experiments/RESULTS.md``). Other backends keep their
+  defaults.
+  """
+  options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
+  return jax.jit(fn).lower(*args).compile(options)
+
+
+def _newton(objective: Callable, w0, *, tol: float = 1e-12, max_steps: int = 50):
+  """Minimises a smooth, strictly convex ``objective(w)`` by Newton's method with backtracking.
+
+  Returns ``(w, steps)``: the point where ``‖∇ objective‖ <= tol`` (or the last iterate after
+  ``max_steps``; the caller's stationarity check decides) and the number of Newton steps taken.
+  """
+  flat, unravel = ravel_pytree(w0)
+  f = lambda x: objective(unravel(x))  # noqa: E731
+  parts = jax.jit(lambda x: (f(x), jax.grad(f)(x), jax.hessian(f)(x)))
+  value, grad, hessian = parts(flat)
+  steps = 0
+  while steps < max_steps and float(jnp.linalg.norm(grad)) > tol:
+    direction = -jnp.linalg.solve(hessian, grad)
+    t = 1.0
+    while True:
+      candidate = parts(flat + t * direction)
+      if float(candidate[0]) <= float(value) or t < 1e-10:
+        break
+      t /= 2
+    flat, (value, grad, hessian) = flat + t * direction, candidate
+    steps += 1
+  return unravel(flat), steps
 
 
 def _ridge(seed: int) -> Problem:
@@ -91,7 +168,7 @@ def _ridge(seed: int) -> Problem:
 
   return Problem(train_loss, val_loss, jnp.asarray(w_star), jnp.asarray(log_lam),
                  (jnp.asarray(xt), jnp.asarray(yt)), (jnp.asarray(xv), jnp.asarray(yv)),
-                 jnp.asarray(closed_form))
+                 jnp.asarray(closed_form), {})
 
 
 def _logistic(seed: int) -> Problem:
@@ -124,30 +201,18 @@ def _logistic(seed: int) -> Problem:
   train = (jnp.asarray(xt), jnp.asarray(yt))
   alphas = jnp.asarray(log_lam)
   w0 = {"W": jnp.zeros((d, c)), "b": jnp.zeros(c)}
-  flat0, unravel = ravel_pytree(w0)
-  objective = lambda f: train_loss(unravel(f), alphas, train, None)[0]  # noqa: E731
-
-  @jax.jit
-  def newton(f):
-    g, h = jax.grad(objective)(f), jax.hessian(objective)(f)
-    return f - jnp.linalg.solve(h, g), jnp.linalg.norm(g)
-
-  flat = flat0
-  for _ in range(50):
-    flat, grad_norm = newton(flat)
-    if grad_norm < 1e-13:
-      break
-  return Problem(train_loss, val_loss, unravel(flat), alphas, train,
-                 (jnp.asarray(xv), jnp.asarray(yv)), None)
+  w, steps = _newton(lambda w: train_loss(w, alphas, train, None)[0], w0, tol=1e-13)
+  return Problem(train_loss, val_loss, w, alphas, train, (jnp.asarray(xv), jnp.asarray(yv)), None,
+                 {"newton_steps": steps})
 
 
-def _supernet_forward(w, alphas, x):
+def _toy_forward(w, alphas, x):
   m1, m2 = jax.nn.softmax(alphas["edge1"]), jax.nn.softmax(alphas["edge2"])
   h = jnp.tanh(jnp.einsum("k,koi,bi->bo", m1, w["w1"], x))
   return jnp.einsum("k,koi,bi->bo", m2, w["w2"], h) + w["bias"]
 
 
-def _supernet(seed: int) -> Problem:
+def _toy(seed: int) -> Problem:
   rng = np.random.default_rng(seed)
   ops, d_in, d_hidden, d_out, n = 3, 4, 5, 2, 64
 
@@ -160,12 +225,12 @@ def _supernet(seed: int) -> Problem:
   alphas = {"edge1": jnp.asarray(0.5 * rng.normal(size=ops)),
             "edge2": jnp.asarray(0.5 * rng.normal(size=ops))}
   xt, xv = jnp.asarray(rng.normal(size=(n, d_in))), jnp.asarray(rng.normal(size=(n, d_in)))
-  yt = _supernet_forward(teacher, alphas, xt) + 0.1 * jnp.asarray(rng.normal(size=(n, d_out)))
-  yv = _supernet_forward(teacher, alphas, xv) + 0.1 * jnp.asarray(rng.normal(size=(n, d_out)))
+  yt = _toy_forward(teacher, alphas, xt) + 0.1 * jnp.asarray(rng.normal(size=(n, d_out)))
+  yv = _toy_forward(teacher, alphas, xv) + 0.1 * jnp.asarray(rng.normal(size=(n, d_out)))
 
   def mse(w, alphas, batch):
     x, y = batch
-    return jnp.mean((_supernet_forward(w, alphas, x) - y) ** 2) / 2
+    return jnp.mean((_toy_forward(w, alphas, x) - y) ** 2) / 2
 
   def train_loss(w, alphas, batch, key):
     del key
@@ -190,15 +255,76 @@ def _supernet(seed: int) -> Problem:
             jnp.linalg.norm(g))
 
   mu = jnp.asarray(1.0)
-  for _ in range(300):
+  for steps in range(1, 301):
     flat, mu, grad_norm = levenberg_marquardt(flat, mu)
     if grad_norm < 1e-10:
       break
-  return Problem(train_loss, val_loss, unravel(flat), alphas, (xt, yt), (xv, yv), None)
+  return Problem(train_loss, val_loss, unravel(flat), alphas, (xt, yt), (xv, yv), None,
+                 {"levenberg_marquardt_steps": steps})
+
+
+# The supernet problem's sizes (see the module docstring).
+_SUPERNET_CHANNELS = 2
+_SUPERNET_IMAGES_PER_CLASS = 5
+_SUPERNET_SEARCH_STEPS = 100
+
+
+def _class_subset(x, y, per_class: int, rng) -> dict:
+  """``per_class`` images of every class, drawn without replacement, as a float64 batch."""
+  rows = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+                         for c in np.unique(y)])
+  return {"image": jnp.asarray(x[rows], jnp.float64), "label": jnp.asarray(y[rows])}
+
+
+def _supernet(seed: int) -> Problem:
+  dataset = data.load("digits")
+  rng = np.random.default_rng(seed)
+  train = _class_subset(dataset.train_x, dataset.train_y, _SUPERNET_IMAGES_PER_CLASS, rng)
+  val = _class_subset(dataset.val_x, dataset.val_y, _SUPERNET_IMAGES_PER_CLASS, rng)
+  space_config = dict(channels=_SUPERNET_CHANNELS, cells_per_stage=1,
+                      num_classes=dataset.num_classes)
+  model = spaces.get("nb201", **space_config, dtype=jnp.float64)
+  recipe = methods.get("darts-1st")
+  steps = _SUPERNET_SEARCH_STEPS
+  state = search.init_search_state(model, recipe, jax.random.key(seed), dataset.image_shape,
+                                   steps_per_epoch=steps, epochs=1)
+  step_fn = _compile_hot(
+      search.make_search_step(model, recipe, steps_per_epoch=steps, epochs=1, jit=False),
+      state, train, val)
+  for _ in range(steps):
+    state, metrics = step_fn(state, train, val)
+
+  cross_entropy = search.make_losses(model, relax.softmax, state.batch_stats)
+  frozen = {k: v for k, v in state.weights.items() if k != "classifier"}
+  weight_decay = recipe.weight_optimizer.weight_decay
+
+  def val_loss(head, alphas, batch, key):
+    return cross_entropy({**frozen, "classifier": head}, alphas, batch, key)
+
+  def train_loss(head, alphas, batch, key):
+    value, aux = val_loss(head, alphas, batch, key)
+    decay = sum(jnp.sum(leaf ** 2) for leaf in jax.tree.leaves(head))
+    return value + weight_decay * decay / 2, aux
+
+  head, newton_steps = _newton(lambda h: train_loss(h, state.alphas, train, None)[0],
+                               state.weights["classifier"])
+  facts = {
+      "space": "nb201", "space_config": space_config,
+      "supernet_weights": int(ravel_pytree(state.weights)[0].size),
+      "inner_weights": "classifier (Dense), the rest of the supernet frozen",
+      "train_images": int(train["label"].size), "val_images": int(val["label"].size),
+      "pretraining": {"method": recipe.name, "steps": steps,
+                      "train_loss": float(metrics["train_loss"]),
+                      "train_accuracy": float(metrics["train_accuracy"]),
+                      "val_loss": float(metrics["val_loss"]),
+                      "val_accuracy": float(metrics["val_accuracy"])},
+      "weight_decay": weight_decay, "newton_steps": newton_steps,
+  }
+  return Problem(train_loss, val_loss, head, state.alphas, train, val, None, facts)
 
 
 PROBLEMS: dict[str, Callable[[int], Problem]] = {
-    "ridge": _ridge, "logistic": _logistic, "supernet": _supernet}
+    "ridge": _ridge, "logistic": _logistic, "toy": _toy, "supernet": _supernet}
 
 
 def _flat(tree):
@@ -255,24 +381,33 @@ def hypergrad_study(problem: str, out_dir: str, *, seed: int = 0, repeats: int =
   that is a traced option shares one compilation). Unrolled FD also records its error against
   ``unrolled_hvp``, the quantity its finite difference approximates.
 
-  Writes ``study.json`` (the returned dict) and ``study.png`` (relative error against passes and
-  against wall time, log-log, one line per estimator setting; FD error against
-  :math:`\epsilon`) into ``out_dir``, which is created if needed.
+  Writes into ``out_dir`` (created if needed):
+
+  - ``study.json``: the returned dict;
+  - ``study.csv``: one row per setting with the :data:`STUDY_COLUMNS` (``options`` as a JSON
+    object; numbers written exactly, so each row equals its JSON record);
+  - ``study.md``: the problem's facts and the same rows as a Markdown table, numbers rounded for
+    reading (relative error to 3 significant digits, cosine to 6 decimals, time in ms or s);
+  - ``study.png``: relative error against passes and against wall time, log-log, one line per
+    estimator setting; FD error against :math:`\epsilon`.
 
   Args:
-    problem: ``"ridge"``, ``"logistic"`` or ``"supernet"`` (see the module docstring).
-    out_dir: directory for the two files.
-    seed: seed of the synthetic data.
+    problem: ``"ridge"``, ``"logistic"``, ``"toy"`` or ``"supernet"`` (see the module docstring).
+    out_dir: directory for the four files.
+    seed: seed of the synthetic data (for ``supernet``: of the image subset, the initialisation
+      and the pretraining search).
     repeats: timed calls per setting.
 
   Returns:
-    The dict written to ``study.json``: problem facts (sizes, Hessian extreme eigenvalues,
-    reference norm, for ridge the reference's error against the closed form) and ``runs``, one
-    record per setting with ``estimator``, ``series``, ``options``, ``hvp_passes``,
-    ``rel_error``, ``cosine``, ``wall_time_s`` and, where reported, ``residual``.
+    The dict written to ``study.json``: problem facts (sizes, the stationarity check's
+    ``inner_grad_norm`` and Hessian extreme eigenvalues, reference norm, for ridge the reference's
+    error against the closed form, the builder's own ``problem_facts``) and ``runs``, one record
+    per setting with ``estimator``, ``series``, ``options``, ``hvp_passes``, ``rel_error``,
+    ``cosine``, ``wall_time_s`` and, where reported, ``residual``.
 
   Raises:
-    JaxnasError: if ``problem`` is not one of :data:`PROBLEMS`.
+    JaxnasError: if ``problem`` is not one of :data:`PROBLEMS`, or if its inner solve did not end
+      at a strict local minimum (see the module docstring).
   """
   if problem not in PROBLEMS:
     raise unknown_name("study problem", problem, PROBLEMS)
@@ -281,18 +416,31 @@ def hypergrad_study(problem: str, out_dir: str, *, seed: int = 0, repeats: int =
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "study.json"), "w") as f:
     json.dump(summary, f, indent=1)
+  _write_csv(os.path.join(out_dir, "study.csv"), summary["runs"], STUDY_COLUMNS)
+  with open(os.path.join(out_dir, "study.md"), "w") as f:
+    f.write(_study_markdown(summary))
   _plot(summary, os.path.join(out_dir, "study.png"))
   return summary
+
+
+def _check_stationary(problem: str, grad_norm: float, eig_min: float) -> None:
+  """Raises a one-line JaxnasError unless ``w*`` is a strict local minimum of the train loss."""
+  if not (grad_norm <= STATIONARY_TOL and eig_min > 0):
+    raise JaxnasError(
+        f"the {problem} problem's inner solve did not reach a strict local minimum "
+        f"(‖∇_w L_train‖ = {grad_norm:.3g}, needs ≤ {STATIONARY_TOL:g}; smallest Hessian "
+        f"eigenvalue {eig_min:.3g}, needs > 0), so the IFT reference would be wrong; try another "
+        "seed")
 
 
 def _study(problem: str, seed: int, repeats: int) -> dict:
   p = PROBLEMS[problem](seed)
   flat_w, unravel = ravel_pytree(p.w)
-  hessian = jax.jit(jax.hessian(lambda f: p.train_loss(unravel(f), p.alphas, p.train, None)[0]))(
-      flat_w)
+  objective = lambda f: p.train_loss(unravel(f), p.alphas, p.train, None)[0]  # noqa: E731
+  grad, hessian = jax.jit(lambda f: (jax.grad(objective)(f), jax.hessian(objective)(f)))(flat_w)
   eigs = np.linalg.eigvalsh(np.asarray(hessian))
-  grad_norm = float(jnp.linalg.norm(ravel_pytree(jax.grad(
-      lambda w: p.train_loss(w, p.alphas, p.train, None)[0])(p.w))[0]))
+  grad_norm = float(jnp.linalg.norm(grad))
+  _check_stationary(problem, grad_norm, float(eigs[0]))
   compiled = {}
 
   def evaluate(name, static, traced):
@@ -333,12 +481,85 @@ def _study(problem: str, seed: int, repeats: int) -> dict:
       "dtype": str(flat_w.dtype), "n_weights": int(flat_w.size),
       "n_alphas": int(ravel_pytree(p.alphas)[0].size), "hessian_eig_min": float(eigs[0]),
       "hessian_eig_max": float(eigs[-1]), "inner_grad_norm": grad_norm,
+      "stationary_tol": STATIONARY_TOL,
       "reference_norm": float(np.linalg.norm(_flat(reference))), "repeats": repeats,
-      "runs": runs,
+      "problem_facts": p.facts, "runs": runs,
   }
   if p.closed_form is not None:
     summary["reference_vs_closed_form"] = _compare(reference, p.closed_form)[0]
   return summary
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables: CSV with exact numbers, Markdown rounded for reading.
+
+
+def _csv_cell(value) -> str:
+  """A CSV field: '' for None, JSON for a dict, the shortest exact repr for a float."""
+  if value is None:
+    return ""
+  if isinstance(value, dict):
+    return json.dumps(value, sort_keys=True)
+  if isinstance(value, float):
+    return repr(value)
+  return str(value)
+
+
+def _write_csv(path: str, records: Sequence[dict], columns: Sequence[str]) -> None:
+  """Writes ``records`` as CSV rows of ``columns`` (a header line first)."""
+  with open(path, "w", newline="") as f:
+    writer = csv.writer(f)
+    writer.writerow(columns)
+    for record in records:
+      writer.writerow([_csv_cell(record.get(c)) for c in columns])
+
+
+def _number(x: float) -> str:
+  """Three significant digits: ``0.0834``, ``1.23e-07``; ``—`` for None."""
+  if x is None:
+    return "—"
+  return "0" if x == 0 else f"{x:.3g}"
+
+
+def _options_text(options: dict) -> str:
+  return ", ".join(f"{k}={_number(v) if isinstance(v, float) else v}"
+                   for k, v in options.items()) or "—"
+
+
+def _seconds_text(s: float) -> str:
+  return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+  """A GitHub Markdown table; ``|`` inside a cell is escaped."""
+  cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731
+  lines = ["| " + " | ".join(map(cell, headers)) + " |",
+           "|" + "|".join("---" for _ in headers) + "|"]
+  lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def _study_markdown(summary: dict) -> str:
+  """``study.md``: the problem's facts, then one table row per estimator setting."""
+  facts = [
+      f"- {summary['n_weights']} inner weights, {summary['n_alphas']} alphas, "
+      f"{summary['dtype']} on {summary['backend']}",
+      f"- stationarity: ‖∇_w L_train(w*)‖ = {summary['inner_grad_norm']:.3g} "
+      f"(≤ {summary['stationary_tol']:g} required); eigenvalues of H in "
+      f"[{summary['hessian_eig_min']:.3g}, {summary['hessian_eig_max']:.3g}]",
+      f"- reference: {summary['reference']}, ‖g_ref‖ = {summary['reference_norm']:.3g}",
+      f"- wall time: median of {summary['repeats']} jitted call(s), compilation excluded",
+  ]
+  if "reference_vs_closed_form" in summary:
+    facts.append(f"- reference against the closed form: relative error "
+                 f"{summary['reference_vs_closed_form']:.3g}")
+  rows = [(r["estimator"], _options_text(r["options"]), _number(r["rel_error"]),
+           "—" if r["cosine"] is None else f"{r['cosine']:.6f}", r["hvp_passes"],
+           _seconds_text(r["wall_time_s"])) for r in summary["runs"]]
+  table = _markdown_table(
+      ("estimator", "options", "rel. error", "cosine", "HVP passes", "wall time"), rows)
+  return (f"# Hypergradient estimators on `{summary['problem']}` (seed {summary['seed']})\n\n"
+          + "\n".join(facts) + "\n\n" + table)
 
 
 def _plot(summary: dict, path: str) -> None:

@@ -1,13 +1,22 @@
-"""The hypergradient study on the ridge problem: files written, contents sane, reference exact."""
+"""The hypergradient study: files written, tables equal to the JSON, reference exact, stationarity.
 
+The ridge study runs by default; the real-supernet problem (a NAS-Bench-201 supernet, minutes of
+compilation on a 2-core CPU) is marked slow.
+"""
+
+import csv
 import json
 import math
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
-from jaxnas import hypergrad
+from jaxnas import hypergrad, study
 from jaxnas.errors import JaxnasError
-from jaxnas.study import hypergrad_study
+from jaxnas.study import STUDY_COLUMNS, hypergrad_study
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +35,48 @@ def test_study_writes_json_and_png(ridge_study):
   with open(out / "study.json") as f:
     assert json.load(f) == summary
   assert (out / "study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _parse(column, text):
+  if text == "":
+    return None
+  if column == "options":
+    return json.loads(text)
+  if column == "estimator":
+    return text
+  return int(text) if column == "hvp_passes" else float(text)
+
+
+def test_study_csv_rows_equal_the_json_records(ridge_study):
+  out, summary = ridge_study
+  with open(out / "study.csv", newline="") as f:
+    rows = list(csv.reader(f))
+  assert tuple(rows[0]) == STUDY_COLUMNS
+  assert len(rows) - 1 == len(summary["runs"])
+  for row, record in zip(rows[1:], summary["runs"]):
+    assert {c: _parse(c, t) for c, t in zip(rows[0], row)} == {c: record[c] for c in STUDY_COLUMNS}
+
+
+def test_study_markdown_has_one_rounded_row_per_setting(ridge_study):
+  out, summary = ridge_study
+  lines = (out / "study.md").read_text().splitlines()
+  assert lines[0] == "# Hypergradient estimators on `ridge` (seed 0)"
+  table = [line for line in lines if line.startswith("| ")]
+  assert table[0] == "| estimator | options | rel. error | cosine | HVP passes | wall time |"
+  rows = [[cell.strip() for cell in line.strip("|").split(" | ")] for line in table[1:]]
+  assert len(rows) == len(summary["runs"])
+  for cells, record in zip(rows, summary["runs"]):
+    assert cells[0] == record["estimator"] and int(cells[4]) == record["hvp_passes"]
+    if record["rel_error"]:  # 3 significant digits
+      assert math.isclose(float(cells[2]), record["rel_error"], rel_tol=5e-3)
+    if record["cosine"] is not None:  # 6 decimals
+      assert abs(float(cells[3]) - record["cosine"]) <= 5e-7
+    else:
+      assert cells[3] == "—"
+  (dense,) = [cells for cells in rows if cells[0] == "dense_ift"]
+  assert dense[1:4] == ["—", "0", "1.000000"]
+  (fd,) = [cells for cells in rows if cells[0] == "unrolled_fd" and "epsilon=1e-06" in cells[1]]
+  assert fd[1].startswith("xi=") and fd[5].endswith("ms")
 
 
 def test_study_json_is_sane(ridge_study):
@@ -64,5 +115,19 @@ def test_study_unrolled_autodiff_matches_neumann_at_the_optimum(ridge_study):
 
 
 def test_study_unknown_problem_lists_the_problems(tmp_path):
-  with pytest.raises(JaxnasError, match="logistic, ridge, supernet"):
+  with pytest.raises(JaxnasError, match="logistic, ridge, supernet, toy"):
     hypergrad_study("mnist", str(tmp_path))
+
+
+def test_study_refuses_a_point_that_is_not_a_strict_minimum(monkeypatch, tmp_path):
+  # The ridge problem moved off its optimum: the gradient is no longer zero.
+  ridge = study.PROBLEMS["ridge"]
+
+  def moved(seed):
+    p = ridge(seed)
+    return p._replace(w=p.w + 1e-3)
+
+  monkeypatch.setitem(study.PROBLEMS, "ridge", moved)
+  with pytest.raises(JaxnasError, match="did not reach a strict local minimum.*try another seed"):
+    hypergrad_study("ridge", str(tmp_path))
+  assert not any(tmp_path.iterdir())  # nothing written
