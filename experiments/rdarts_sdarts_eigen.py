@@ -215,15 +215,15 @@ def plot(results, figures: pathlib.Path, tag: str = ""):
     a2.plot(epochs, w.mean(0), color=line.get_color(), label=name)
     a2.fill_between(epochs, w.min(0), w.max(0), color=line.get_color(), alpha=0.15)
   a1.set_xlabel("epoch")
-  a1.set_ylabel("skip_connect edges in the derived cell (of 6)")
+  a1.set_ylabel("skip_connect edges in the derived cell (of 6)", fontsize=9)
   a1.set_ylim(-0.2, 6.2)
   a2.set_xlabel("epoch")
-  a2.set_ylabel("mean softmax weight of skip_connect (uniform: 0.2)")
+  a2.set_ylabel("mean skip_connect softmax weight (uniform: 0.2)", fontsize=9)
   for a in (a1, a2):
     a.grid(alpha=0.3)
     a.legend(fontsize=8)
-  fig.suptitle(f"Skip connections (mean, band min–max over seeds) — {title}", fontsize=9)
-  fig.tight_layout()
+  fig.suptitle(f"Skip connections (mean, band min–max over seeds)\n{title}", fontsize=9)
+  fig.tight_layout(rect=(0, 0, 1, 0.93))
   fig.savefig(figures / f"rdarts_sdarts_skips{tag}.png", dpi=120)
   plt.close(fig)
 
@@ -234,7 +234,7 @@ def table(results) -> str:
   cols = {n: (_series(results["runs"][n], "lambda_max"), _series(results["runs"][n], "skips"))
           for n in names}
   n_epochs = min(len(c[0][0]) for c in cols.values())
-  head = "| epoch | " + " | ".join(f"{n} λmax | {n} skips" for n in names) + " |"
+  head = "| epoch | " + " | ".join(f"{n} λmax (mean ± sd) | {n} skips" for n in names) + " |"
   rows = [head, "|" + "---|" * (1 + 2 * len(names))]
   for i in range(n_epochs):
     cells = []
