@@ -245,7 +245,7 @@ def _regularizer_is_on_losses(name: str) -> bool:
 
 def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int,
                      estimator: Callable | None = None, jit: bool = True, eigen_every: int = 0,
-                     eigen_method: str = "auto", eigen_iters: int = 20):
+                     eigen_method: str = "auto", eigen_iters: int = 20, fuse_phases: bool = True):
   r"""Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)``.
 
   Relaxation: the recipe's relaxation bound to the space's ``op_names`` and to
@@ -289,6 +289,10 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     jit: return the function jitted (with the state donated); False for tracing by hand.
     eigen_every: log the Hessian eigenvalue every this many steps (0: never).
     eigen_method, eigen_iters: how (see above).
+    fuse_phases: for first-order recipes (estimator ``first_order``, arch step first, no attack
+      or loss-based regulariser) and train and val batches of one shape, run the two updates as
+      two iterations of one ``lax.scan`` whose body is a single forward and backward
+      (``phase_loop_update``): the same numbers from a program compiled once per phase body.
 
   Returns:
     The step function. It compiles once: shapes and dtypes fix everything else.
@@ -409,12 +413,88 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     out = eigen.dominant_eigenvalue(objective, alphas, key, method=method, iters=eigen_iters)
     return out[0] if isinstance(out, tuple) else out
 
+  def phase_loop_update(state, relaxation, train_batch, val_batch, k_arch, k_weight):
+    """The first-order arch step and the weight step as two iterations of one ``lax.scan``.
+
+    Both updates of a first-order step are one gradient of the same loss on a batch (the val
+    batch for alphas, then the train batch for the weights, with the new alphas). Written as two
+    copies, XLA:CPU compiles the network's forward and backward twice, and the compile time of
+    the DARTS supernet grows faster than the program (RESULTS.md). Scanned over the two phases,
+    the body holds one forward and one backward: each phase computes the gradient in both the
+    weights and the alphas and keeps the one it needs (the weight gradient of the arch phase is
+    the extra work, a fraction of one backward). Same numbers as the two-copy program.
+    """
+    keys = jnp.stack([k_arch, k_weight])
+    if perturbation is not None:
+      k_perturb = jax.random.fold_in(k_weight, 1)
+      eps = eps_schedule(state.step)
+
+    def body(carry, phase):
+      weights, alphas, stats, w_opt_state, a_opt_state = carry
+      is_arch = phase == 0
+      batch = jax.tree.map(lambda v, t: jnp.where(is_arch, v, t), val_batch, train_batch)
+      key = keys[phase]
+      mixing_loss = make_mixing_loss(model, stats)
+
+      def loss(w, a):
+        mixing = relaxation(a, key)
+        if perturbation is not None:
+          perturbed = perturbation(mixing, k_perturb, epsilon=eps)
+          mixing = jax.tree.map(lambda m, p: jnp.where(is_arch, m, p), mixing, perturbed)
+        return mixing_loss(w, mixing, batch, key)
+
+      (value, aux), (g_w, g_a) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+          weights, alphas)
+      reg_metrics = {}
+      if regs:
+        g_a, reg_metrics = regularize_grad(g_a, None, weights, alphas, train_batch, val_batch,
+                                           key, state.step)
+      with _optax_promotion():
+        a_updates, new_a_opt = a_tx.update(g_a, a_opt_state, alphas)
+        w_updates, new_w_opt = w_tx.update(g_w, w_opt_state, weights)
+      new_alphas = optax.apply_updates(alphas, a_updates)
+      if warmup_steps:
+        active = state.step >= warmup_steps
+        new_alphas = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_alphas, alphas)
+        new_a_opt = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_a_opt, a_opt_state)
+      new_weights = optax.apply_updates(weights, w_updates)
+      pick = lambda arch_value, weight_value: jax.tree.map(  # noqa: E731
+          lambda x, y: jnp.where(is_arch, x, y), arch_value, weight_value)
+      carry = (pick(weights, new_weights), pick(new_alphas, alphas), aux["batch_stats"],
+               pick(w_opt_state, new_w_opt), pick(new_a_opt, a_opt_state))
+      out = {"loss": value, "accuracy": aux["accuracy"],
+             "grad_norm": jnp.where(is_arch, _global_norm(g_a), _global_norm(g_w)), **reg_metrics}
+      return carry, out
+
+    init = (state.weights, state.alphas, state.batch_stats, state.w_opt_state, state.a_opt_state)
+    (weights, alphas, stats, w_opt, a_opt), out = jax.lax.scan(body, init, jnp.arange(2))
+    m_a = {"val_loss": out["loss"][0], "val_accuracy": out["accuracy"][0],
+           "alpha_grad_norm": out["grad_norm"][0], "hvp_passes": jnp.asarray(0, jnp.int32),
+           **{k: v[0] for k, v in out.items() if k.startswith("reg/")}}
+    m_w = {"train_loss": out["loss"][1], "train_accuracy": out["accuracy"][1],
+           "weight_grad_norm": out["grad_norm"][1]}
+    if perturbation is not None:
+      m_w["perturb/epsilon"] = eps
+    return weights, w_opt, alphas, a_opt, stats, m_a, m_w
+
+  def fusable(train_batch, val_batch) -> bool:
+    same_batches = (jax.tree.structure(train_batch) == jax.tree.structure(val_batch) and all(
+        jnp.shape(t) == jnp.shape(v) and jnp.result_type(t) == jnp.result_type(v)
+        for t, v in zip(jax.tree.leaves(train_batch), jax.tree.leaves(val_batch))))
+    return (fuse_phases and same_batches and recipe.arch_first
+            and estimator is hypergrad.first_order
+            and not any(_regularizer_is_on_losses(r.name) for r, _ in regs)
+            and (perturbation is None or not _accepts(perturbation, "loss_fn")))
+
   def search_step(state: SearchState, train_batch, val_batch):
     step_key = jax.random.fold_in(state.key, state.step)
     k_arch, k_weight = jax.random.split(step_key)
     lr = schedule(state.step)
     relaxation = make_relaxation(recipe, op_names, progress=epoch_of(state.step) / epochs)
-    if recipe.arch_first:
+    if fusable(train_batch, val_batch):
+      weights, w_opt, alphas, a_opt, stats, m_a, m_w = phase_loop_update(
+          state, relaxation, train_batch, val_batch, k_arch, k_weight)
+    elif recipe.arch_first:
       alphas, a_opt, stats, m_a = arch_update(state, relaxation, state.weights, state.batch_stats,
                                               train_batch, val_batch, k_arch, lr)
       weights, w_opt, stats, m_w = weight_update(state, relaxation, state.weights, alphas, stats,

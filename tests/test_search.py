@@ -198,3 +198,25 @@ def test_second_order_through_the_darts_ops_equals_autodiff():
   hvp, auto, first = both(variables["params"], alphas)
   np.testing.assert_allclose(hvp, auto, rtol=1e-9, atol=1e-14)
   assert float(jnp.abs(hvp - first).max()) > 1e-6  # the second-order term is really there
+
+
+def test_phase_loop_equals_the_two_copy_step(setup):
+  """The first-order step scanned over its two phases computes what the two-copy program does,
+  with a regulariser and a perturbation in the recipe."""
+  model, recipe, state, _, _ = setup
+  recipe = recipe.replace(regularizers=(("beta-decay", 0.5, "constant"),),
+                          perturbation="random-smoothing")
+  state = search.init_search_state(model, recipe, jax.random.key(3), IMAGE, steps_per_epoch=SPE,
+                                   epochs=EPOCHS)
+  fused = search.make_search_step(model, recipe, steps_per_epoch=SPE, epochs=EPOCHS)
+  plain = search.make_search_step(model, recipe, steps_per_epoch=SPE, epochs=EPOCHS,
+                                  fuse_phases=False)
+  a, b = jax.tree.map(jnp.copy, state), jax.tree.map(jnp.copy, state)
+  for i in range(3):
+    a, ma = fused(a, _batch(30 + i), _batch(40 + i))
+    b, mb = plain(b, _batch(30 + i), _batch(40 + i))
+  chex.assert_trees_all_close(a._replace(key=None), b._replace(key=None), rtol=1e-10, atol=1e-12)
+  assert float(jnp.abs(a.alphas["cell"] - state.alphas["cell"]).max()) > 0
+  assert set(ma) == set(mb)
+  for k in ma:
+    np.testing.assert_allclose(ma[k], mb[k], rtol=1e-10, atol=1e-12, err_msg=k)
