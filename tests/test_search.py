@@ -208,7 +208,8 @@ def test_phase_loop_equals_the_two_copy_step(setup):
                           perturbation="random-smoothing")
   state = search.init_search_state(model, recipe, jax.random.key(3), IMAGE, steps_per_epoch=SPE,
                                    epochs=EPOCHS)
-  fused = search.make_search_step(model, recipe, steps_per_epoch=SPE, epochs=EPOCHS)
+  fused = search.make_search_step(model, recipe, steps_per_epoch=SPE, epochs=EPOCHS,
+                                  fuse_phases=True)
   plain = search.make_search_step(model, recipe, steps_per_epoch=SPE, epochs=EPOCHS,
                                   fuse_phases=False)
   a, b = jax.tree.map(jnp.copy, state), jax.tree.map(jnp.copy, state)
