@@ -101,19 +101,6 @@ class Problem(NamedTuple):
   facts: dict  # what the problem's builder reports about itself (sizes, solver steps, ...)
 
 
-def _compile_hot(fn, *args):
-  """``jax.jit(fn)`` compiled for ``args``, at XLA:CPU optimisation level 1 on a CPU.
-
-  For programs that run many times (training steps, Hessian-vector products in a solver loop):
-  under ``jax_disable_most_optimizations`` (level 0, as the tests run) a supernet's HVP runs about
-  10× slower (measured 114 ms against 8 ms on a 2-core CPU, NB201 C = 1, 16 images); elsewhere
-  level 1 is within noise of the default (``experiments/RESULTS.md``). Other backends keep their
-  defaults.
-  """
-  options = {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
-  return jax.jit(fn).lower(*args).compile(options)
-
-
 def _newton(objective: Callable, w0, *, tol: float = 1e-12, max_steps: int = 50):
   """Minimises a smooth, strictly convex ``objective(w)`` by Newton's method with backtracking.
 
@@ -288,9 +275,7 @@ def _supernet(seed: int) -> Problem:
   steps = _SUPERNET_SEARCH_STEPS
   state = search.init_search_state(model, recipe, jax.random.key(seed), dataset.image_shape,
                                    steps_per_epoch=steps, epochs=1)
-  step_fn = _compile_hot(
-      search.make_search_step(model, recipe, steps_per_epoch=steps, epochs=1, jit=False),
-      state, train, val)
+  step_fn = search.make_search_step(model, recipe, steps_per_epoch=steps, epochs=1)
   for _ in range(steps):
     state, metrics = step_fn(state, train, val)
 
