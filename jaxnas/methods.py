@@ -356,7 +356,7 @@ register(Recipe(
 
 register(Recipe(
     name="rdarts-es",
-    description="R-DARTS' DARTS-ES: log the dominant eigenvalue of ∇²_α L_val each epoch; stop "
+    description="R-DARTS' DARTS-ES: the dominant eigenvalue of ∇²_α L_val every 2 epochs; stop "
                 "when its local average grows 1.3× and return the genotype 8 epochs earlier",
     stopping="rdarts-es",
     paper="Zela, Elsken, Saikia, Marrakchi, Brox, Hutter. Understanding and Robustifying "

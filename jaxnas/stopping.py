@@ -60,8 +60,9 @@ StoppingRule = Callable[[Genotype, tuple], Union[bool, int]]
 
 
 def count_ops(genes, op: str) -> int:
-  """How many ``(op, input)`` genes in ``genes`` use operation ``op``."""
-  return sum(1 for name, _ in genes if name == op)
+  """How many genes in ``genes`` use operation ``op`` (``(op, input)`` pairs or FairDARTS'
+  ``(op, node, input)`` triples)."""
+  return sum(1 for gene in genes if gene[0] == op)
 
 
 def stop_epoch(result, history) -> Optional[int]:
