@@ -17,21 +17,22 @@ therefore the *damped IFT hypergradient at the current weights*,
    g_{ref} = \nabla_\alpha \mathcal L_{val}(w, \alpha) - \nabla^2_{\alpha w}
      \mathcal L_{train}(w, \alpha)\, (H + \lambda I)^{-1} \nabla_w \mathcal L_{val}(w, \alpha),
 
-which is what ``cg`` and ``dense_ift`` with ``damping`` λ converge to, and which becomes the IFT
+which ``cg`` and ``dense_ift`` with ``damping`` λ compute, and which becomes the IFT
 hypergradient as the weights approach a minimum and λ → 0. A dense Hessian is out of reach at a
 search's size (the quick start has about 10⁵ weights), so the linear system is solved by conjugate
 gradients on exact Hessian-vector products (forward-over-reverse, float64) to a relative residual
 :math:`\lVert (H + \lambda I) x - \nabla_w \mathcal L_{val} \rVert / \lVert \nabla_w
 \mathcal L_{val} \rVert \le` ``tol``, recomputed with one more product after the solve and recorded
 (``reference_residual``). Unless ``damping`` is given, λ is chosen per snapshot as the smallest
-shift that makes :math:`H + \lambda I` positive definite plus a margin:
-:math:`\lambda = \max(0, -\lambda_{min}) + \text{rel\_damping} \cdot \lambda_{max}`, with the extreme
-eigenvalues estimated by ``lanczos_steps`` Lanczos steps from :math:`\nabla_w \mathcal L_{val}`
-(the Krylov space CG then searches). If CG still meets a direction of non-positive curvature
-(the Lanczos estimate of :math:`\lambda_{min}` is an upper bound), λ is raised past that direction's
-Rayleigh quotient and the solve restarts (``damping_retries``). So the reference's
-:math:`(H + \lambda I)` is positive definite along every direction CG used, and the condition number
-it solves is at most about ``1 / rel_damping``.
+shift that makes :math:`H + \lambda I` positive definite plus a margin,
+:math:`\lambda = \max(0, -\lambda_{min}) + \text{rel\_damping} \cdot \lambda_{max}`, with the
+extreme eigenvalues estimated by ``lanczos_steps`` Lanczos steps from
+:math:`\nabla_w \mathcal L_{val}` (the Krylov space CG then searches). If CG still meets a
+direction of non-positive curvature (the Lanczos estimate of :math:`\lambda_{min}` is an upper
+bound), λ is raised past that direction's Rayleigh quotient and the solve restarts
+(``damping_retries``). So the reference's :math:`H + \lambda I` is positive definite along every
+direction CG used, with a condition number of at most about
+:math:`(1 + |\lambda_{min}| / \lambda_{max}) / \text{rel\_damping}`.
 
 The losses are those of the search: :func:`jaxnas.search.make_losses` with the run's relaxation
 (unperturbed, as the architecture step sees it; regularisers are not part of the hypergradient),
@@ -193,7 +194,7 @@ def load_snapshots(run_dir) -> list[Snapshot]:
 
 
 def _recipe_from_json(d: dict) -> methods.Recipe:
-  """The :class:`~jaxnas.methods.Recipe` that ``config.json`` recorded with ``dataclasses.asdict``."""
+  """The :class:`~jaxnas.methods.Recipe` that ``config.json`` holds (``dataclasses.asdict``)."""
   fields = {f.name for f in dataclasses.fields(methods.Recipe)}
   d = {k: v for k, v in d.items() if k in fields}
   d["weight_optimizer"] = methods.WeightOptimizer(**d["weight_optimizer"])
@@ -255,7 +256,12 @@ def _losses(r: _Run, batch_stats):
 
 
 def _products_fn(train_loss, val_loss, unravel):
-  """``(flat_w, alphas, v, train, val) -> (Hv, Mv, ∇_w L_train, L_train, ∇_w L_val, ∇_α L_val, L_val)``."""
+  """``products(flat_w, alphas, v, train, val)``, all that the reference needs, in one program.
+
+  Returns ``(Hv, Mv, ∇_w L_train, L_train, ∇_w L_val, ∇_α L_val, L_val)``: one jvp of the train
+  loss's gradient in (w, α) along ``v`` gives both products, and the val gradients come along so
+  that a study compiles one network-sized program for its reference.
+  """
   def products(flat_w, alphas, v, train, val):
     def train_grads(f):
       return jax.value_and_grad(lambda f_, a: train_loss(unravel(f_), a, train, None)[0],
@@ -450,47 +456,52 @@ def trajectory_study(run_dir, out_dir, *, estimators: Sequence = DEFAULT_ESTIMAT
   return summary
 
 
-def _trajectory(run_dir, snapshots, settings, *, batch_size, batch_step, damping, rel_damping,
-                tol, maxiter, lanczos_steps) -> dict:
+def _snapshot_reference(products, snap: Snapshot, r: _Run, **solver) -> tuple[np.ndarray, dict]:
+  """The reference hypergradient at one snapshot (flattened alphas) and the snapshot's facts."""
+  start = time.perf_counter()
+  flat_w, alphas = ravel_pytree(_float64(snap.weights))[0], _float64(snap.alphas)
+
+  def at(u):
+    hv, mv, grad_w, train_value, val_w, val_alpha, val_value = products(
+        flat_w, alphas, jnp.asarray(u), r.train, r.val)
+    return (np.array(hv), _flat_alpha(mv), np.array(grad_w), float(train_value),
+            np.array(val_w), _flat_alpha(val_alpha), float(val_value))
+
+  _, _, grad_w, train_value, val_w, val_alpha, val_value = at(np.zeros(flat_w.size))
+  x, facts = _reference(at, val_w, **solver)
+  reference = val_alpha - at(x)[1]
+  facts = {"step": snap.step, "lr": float(r.schedule(snap.step)), "train_loss": train_value,
+           "val_loss": val_value, "train_grad_norm": float(np.linalg.norm(grad_w)), **facts,
+           "reference_norm": float(np.linalg.norm(reference)),
+           "reference_time_s": time.perf_counter() - start, "reference": reference.tolist()}
+  return reference, facts
+
+
+def _trajectory(run_dir, snapshots, settings, *, batch_size, batch_step, **solver) -> dict:
   r = _load_run(run_dir, batch_size, batch_step)
   train_loss, val_loss = _losses(r, _float64(snapshots[0].batch_stats))
   flat0, unravel = ravel_pytree(_float64(snapshots[0].weights))
-  alphas0 = _float64(snapshots[0].alphas)
   products = jax.jit(_products_fn(train_loss, val_loss, unravel))
   compiled = {}
+
+  def estimate(name, static, weights, alphas, numbers):
+    key = (name, tuple(sorted(static.items())))
+    if key not in compiled:  # one compilation per setting, for every snapshot
+      est = hypergrad.get(name, **static)
+      compiled[key] = jax.jit(lambda w, a, tb, vb, numbers: est(
+          train_loss, val_loss, w, a, tb, vb, key=None, **numbers))
+    return compiled[key](weights, alphas, r.train, r.val,
+                         {k: jnp.asarray(v) for k, v in numbers.items()})
+
   records, facts = [], []
   for snap in snapshots:
+    reference, snap_facts = _snapshot_reference(products, snap, r, **solver)
+    facts.append(snap_facts)
+    symbols = {"lr": snap_facts["lr"], "damping": snap_facts["damping"]}
     weights, alphas = _float64(snap.weights), _float64(snap.alphas)
-    flat_w = ravel_pytree(weights)[0]
-    start = time.perf_counter()
-
-    def at(u, flat_w=flat_w, alphas=alphas):
-      hv, mv, grad_w, train_value, val_w, val_alpha, val_value = products(
-          flat_w, alphas, jnp.asarray(u), r.train, r.val)
-      return (np.array(hv), _flat_alpha(mv), np.array(grad_w), float(train_value),
-              np.array(val_w), _flat_alpha(val_alpha), float(val_value))
-
-    _, _, grad_w, train_value, val_w, val_alpha, val_value = at(np.zeros(flat_w.size))
-    x, ref_facts = _reference(at, val_w, damping=damping, rel_damping=rel_damping, tol=tol,
-                              maxiter=maxiter, lanczos_steps=lanczos_steps)
-    reference = val_alpha - at(x)[1]
-    lr = float(r.schedule(snap.step))
-    facts.append({"step": snap.step, "lr": lr, "train_loss": train_value,
-                  "val_loss": val_value, "train_grad_norm": float(np.linalg.norm(grad_w)),
-                  **ref_facts, "reference_norm": float(np.linalg.norm(reference)),
-                  "reference_time_s": time.perf_counter() - start,
-                  "reference": reference.tolist()})
-    symbols = {"lr": lr, "damping": ref_facts["damping"]}
     for name, options, static, traced in settings:
-      key = (name, tuple(sorted(static.items())))
-      if key not in compiled:
-        est = hypergrad.get(name, **static)
-        compiled[key] = jax.jit(lambda w, a, tb, vb, numbers, est=est: est(
-            train_loss, val_loss, w, a, tb, vb, key=None, **numbers))
-      numbers = {k: float(symbols[v]) if isinstance(v, str) else float(v)
-                 for k, v in traced.items()}
-      g, info = compiled[key](weights, alphas, r.train, r.val,
-                              {k: jnp.asarray(v) for k, v in numbers.items()})
+      numbers = {k: float(symbols[v] if isinstance(v, str) else v) for k, v in traced.items()}
+      g, info = estimate(name, static, weights, alphas, numbers)
       rel_error, cosine = _compare(_flat_alpha(g), reference)
       records.append({"step": snap.step, "estimator": name, "label": _label(name, options),
                       "options": {**static, **numbers}, "cosine": _finite(cosine),
@@ -498,13 +509,11 @@ def _trajectory(run_dir, snapshots, settings, *, batch_size, batch_step, damping
   return {
       "run_dir": str(run_dir), "space": r.config["config"]["space"],
       "method": r.recipe.name, "dataset": r.config["config"]["dataset"],
-      "n_weights": int(flat0.size), "n_alphas": int(ravel_pytree(alphas0)[0].size),
+      "n_weights": int(flat0.size), "n_alphas": int(ravel_pytree(snapshots[0].alphas)[0].size),
       "batch_size": int(r.train["label"].size), "batch_step": batch_step,
       "weight_decay": r.recipe.weight_optimizer.weight_decay, "dtype": "float64",
       "backend": jax.default_backend(),
-      "reference": {"what": "damped IFT at the snapshot's weights, CG on exact HVPs",
-                    "tol": tol, "maxiter": maxiter, "damping": damping,
-                    "rel_damping": rel_damping, "lanczos_steps": lanczos_steps},
+      "reference": {"what": "damped IFT at the snapshot's weights, CG on exact HVPs", **solver},
       "settings": [{"estimator": n, "label": _label(n, o), "options": o}
                    for n, o, _, _ in settings],
       "snapshots": facts, "runs": records,

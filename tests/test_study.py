@@ -131,3 +131,73 @@ def test_study_refuses_a_point_that_is_not_a_strict_minimum(monkeypatch, tmp_pat
   with pytest.raises(JaxnasError, match="did not reach a strict local minimum.*try another seed"):
     hypergrad_study("ridge", str(tmp_path))
   assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
+# The real supernet problem (slow: a search's compile and 100 steps, then the Newton solve).
+
+
+@pytest.fixture(scope="module")
+def supernet_problem():
+  return study.PROBLEMS["supernet"](0)
+
+
+@pytest.mark.slow
+def test_supernet_problem_is_a_strict_local_minimum(supernet_problem):
+  p = supernet_problem
+  flat, unravel = ravel_pytree(p.w)
+  assert flat.dtype == jnp.float64 and flat.size == 90  # the classifier head, Dense 8 → 10
+  objective = lambda f: p.train_loss(unravel(f), p.alphas, p.train, None)[0]  # noqa: E731
+  grad = jax.jit(jax.grad(objective))(flat)
+  assert float(jnp.linalg.norm(grad)) <= 1e-12
+  eigs = np.linalg.eigvalsh(np.asarray(jax.jit(jax.hessian(objective))(flat)))
+  assert eigs[0] > 0
+  # Cross-entropy is invariant to adding one constant to every bias, so the smallest curvature is
+  # the weight decay's own: the direction (0, …, 0, 1, …, 1)/√10 has eigenvalue exactly λ_w.
+  weight_decay = p.facts["weight_decay"]
+  assert abs(eigs[0] - weight_decay) <= 1e-12
+  bias_shift = unravel(jnp.zeros_like(flat))
+  bias_shift["bias"] = jnp.ones(10) / jnp.sqrt(10.0)
+  v = ravel_pytree(bias_shift)[0]
+  hv = jax.jvp(jax.grad(objective), (flat,), (v,))[1]
+  np.testing.assert_allclose(hv, weight_decay * v, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_supernet_dense_ift_is_the_hypergradient(supernet_problem):
+  p = supernet_problem
+  dense, _ = jax.jit(lambda w, a: hypergrad.dense_ift(
+      p.train_loss, p.val_loss, w, a, p.train, p.val, key=None))(p.w, p.alphas)
+  cg, info = jax.jit(lambda w, a: hypergrad.cg(
+      p.train_loss, p.val_loss, w, a, p.train, p.val, key=None, maxiter=300, tol=1e-14))(
+          p.w, p.alphas)
+  dense, cg = ravel_pytree(dense)[0], ravel_pytree(cg)[0]
+  assert int(info["iterations"]) < 300
+  np.testing.assert_allclose(cg, dense, rtol=0, atol=1e-11 * float(jnp.linalg.norm(dense)))
+
+  # The bilevel objective α ↦ L_val(w*(α), α) by central differences along a random direction,
+  # the inner problem re-solved by Newton's method at α ± εd.
+  flat0, unravel = ravel_pytree(p.w)
+  a_flat, a_unravel = ravel_pytree(p.alphas)
+
+  @jax.jit
+  def newton_step(f, a):
+    objective = lambda f: p.train_loss(unravel(f), a_unravel(a), p.train, None)[0]  # noqa: E731
+    g, h = jax.grad(objective)(f), jax.hessian(objective)(f)
+    return f - jnp.linalg.solve(h, g), jnp.linalg.norm(g)
+
+  val = jax.jit(lambda f, a: p.val_loss(unravel(f), a_unravel(a), p.val, None)[0])
+
+  def bilevel(a):
+    f = flat0
+    for _ in range(30):
+      f, grad_norm = newton_step(f, a)
+      if grad_norm < 1e-13:
+        break
+    return float(val(f, a))
+
+  d = jnp.asarray(np.random.default_rng(0).normal(size=a_flat.size))
+  d = d / jnp.linalg.norm(d)
+  eps = 1e-4
+  slope = (bilevel(a_flat + eps * d) - bilevel(a_flat - eps * d)) / (2 * eps)
+  assert math.isclose(slope, float(dense @ d), rel_tol=1e-6, abs_tol=1e-9)
