@@ -117,7 +117,7 @@ def _newton(objective: Callable, w0, *, tol: float = 1e-12, max_steps: int = 50)
     t = 1.0
     while True:
       candidate = parts(flat + t * direction)
-      if float(candidate[0]) <= float(value) or t < 1e-10:
+      if float(candidate[0]) <= float(value) * (1 + 1e-14) or t < 1e-10:  # rounding slack
         break
       t /= 2
     flat, (value, grad, hessian) = flat + t * direction, candidate
@@ -538,6 +538,9 @@ def _study_markdown(summary: dict) -> str:
   if "reference_vs_closed_form" in summary:
     facts.append(f"- reference against the closed form: relative error "
                  f"{summary['reference_vs_closed_form']:.3g}")
+  for key, value in summary["problem_facts"].items():
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else value
+    facts.append(f"- {key.replace('_', ' ')}: {text}")
   rows = [(r["estimator"], _options_text(r["options"]), _number(r["rel_error"]),
            "—" if r["cosine"] is None else f"{r['cosine']:.6f}", r["hvp_passes"],
            _seconds_text(r["wall_time_s"])) for r in summary["runs"]]
