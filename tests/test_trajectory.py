@@ -231,3 +231,20 @@ def test_trajectory_reference_matches_hypergrad_cg(run_dir, first_order_study):
     assert int(info["iterations"]) < 500  # stopped by its tolerance
     np.testing.assert_allclose(np.asarray(ravel_pytree(g)[0]), facts["reference"], rtol=1e-8,
                                atol=1e-10 * facts["reference_norm"])
+
+
+@pytest.mark.slow
+def test_trajectory_study_solver_options(run_dir, tmp_path):
+  summary = trajectory_study(run_dir, tmp_path, estimators=[("cg", {"damping": "damping",
+                                                                     "maxiter": 3})],
+                             batch_size=8, batch_step=1, damping=100.0, tol=1e-8, maxiter=200,
+                             lanczos_steps=5)
+  assert summary["batch_step"] == 1
+  assert summary["reference"] == {
+      "what": "damped IFT at the snapshot's weights, CG on exact HVPs", "damping": 100.0,
+      "rel_damping": 0.01, "tol": 1e-8, "maxiter": 200, "lanczos_steps": 5}
+  for snap in summary["snapshots"]:
+    assert snap["damping"] == 100.0 and snap["damping_retries"] == 0
+    assert snap["lanczos_steps"] == 5 and snap["reference_residual"] <= 1e-8
+  for record in summary["runs"]:
+    assert record["options"] == {"damping": 100.0, "maxiter": 3} and record["hvp_passes"] <= 4
