@@ -2,7 +2,7 @@
 
     jaxnas search  [--space darts|nb201] [--method NAME] [--estimator NAME] [--dataset NAME] ...
     jaxnas derive  RUN_DIR [--rule NAME]
-    jaxnas study   hypergrad [--problem ridge|logistic|supernet] [--out DIR]
+    jaxnas study   hypergrad [--problem ridge|logistic|toy|supernet | --run RUN_DIR] [--out DIR]
     jaxnas methods
 
 Bad input ends with one line on stderr (``jaxnas: error: ...``) and exit status 2, never a traceback.
@@ -93,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
   st = sub.add_parser("study", help="study hypergradient estimators",
                       description="Compare every hypergradient estimator with the exact one.")
   st.add_argument("what", choices=["hypergrad"], metavar="hypergrad")
-  st.add_argument("--problem", default="ridge", help="ridge (default), logistic or supernet")
+  st.add_argument("--problem", default="ridge",
+                  help="ridge (default), logistic, toy or supernet (a real NB201 supernet)")
+  st.add_argument("--run", default=None, metavar="RUN_DIR",
+                  help="instead of a problem: compare the estimators along a search's trajectory "
+                       "(a run made with --save-trajectory N)")
   st.add_argument("--out", default=None, help="output directory (default: runs/study-PROBLEM)")
   st.add_argument("--seed", type=_int, default=0)
 
@@ -208,6 +212,16 @@ def _derive(args) -> int:
 
 
 def _study(args) -> int:
+  if args.run is not None:
+    from jaxnas import trajectory
+    run_dir = pathlib.Path(args.run)
+    out = pathlib.Path(args.out or run_dir / "study-trajectory")
+    if out.exists() and any(out.iterdir()):
+      raise JaxnasError(f"{out} already exists and is not empty; choose another --out")
+    result = trajectory.trajectory_study(run_dir, out)
+    print(f"{len(result['runs'])} estimator evaluations at {len(result['snapshots'])} snapshots "
+          f"of {run_dir}; written {out / 'trajectory.md'} and {out / 'trajectory.png'}")
+    return 0
   from jaxnas import study
   if args.problem not in study.PROBLEMS:
     raise JaxnasError(f"unknown problem {args.problem!r}; choose one of: "
@@ -217,7 +231,7 @@ def _study(args) -> int:
     raise JaxnasError(f"{out} already exists and is not empty; choose another --out")
   result = study.hypergrad_study(args.problem, str(out), seed=args.seed)
   print(f"{len(result['runs'])} estimator settings compared with dense_ift on {args.problem}; "
-        f"written {out / 'study.json'} and {out / 'study.png'}")
+        f"written {out / 'study.md'}, {out / 'study.csv'} and {out / 'study.png'}")
   return 0
 
 
