@@ -238,9 +238,9 @@ def check_recipe(recipe: Recipe, *, steps_per_epoch: int = 1, epochs: int = 1) -
     stopping.get(recipe.stopping)
 
 
-def _regularizer_is_on_losses(name: str) -> bool:
-  loss_regs = getattr(regularize, "LOSS_REGULARIZERS", {})
-  return name in loss_regs
+def _where_tree(pred, new, old):
+  """``new`` where ``pred`` holds, else ``old``, leaf by leaf (a traced branch-free select)."""
+  return jax.tree.map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
 def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int,
@@ -337,7 +337,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     def total(a):
       values = []
       for r, fn in regs:
-        if _regularizer_is_on_losses(r.name):
+        if regularize.is_loss_regularizer(r.name):
           values.append(fn(loss, loss, weights, a, train_batch, val_batch, key))
         else:
           values.append(_bind(fn, op_names=op_names, progress=progress)(a))
@@ -372,9 +372,8 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     alphas = optax.apply_updates(state.alphas, updates)
     if warmup_steps:
       active = state.step >= warmup_steps
-      alphas = jax.tree.map(lambda new, old: jnp.where(active, new, old), alphas, state.alphas)
-      a_opt_state = jax.tree.map(lambda new, old: jnp.where(active, new, old), a_opt_state,
-                                 state.a_opt_state)
+      alphas = _where_tree(active, alphas, state.alphas)
+      a_opt_state = _where_tree(active, a_opt_state, state.a_opt_state)
     val_aux = info.get("val_aux", {})
     new_stats = val_aux.get("batch_stats", batch_stats) if isinstance(val_aux, dict) else batch_stats
     metrics = {"val_loss": info.get("val_loss", jnp.nan),
@@ -439,7 +438,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     def body(carry, phase):
       weights, alphas, stats, w_opt_state, a_opt_state = carry
       is_arch = phase == 0
-      batch = jax.tree.map(lambda v, t: jnp.where(is_arch, v, t), val_batch, train_batch)
+      batch = _where_tree(is_arch, val_batch, train_batch)
       key = keys[phase]
       mixing_loss = make_mixing_loss(model, stats)
 
@@ -447,7 +446,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         mixing = relaxation(a, key)
         if perturbation is not None:
           perturbed = perturbation(mixing, k_perturb, epsilon=eps)
-          mixing = jax.tree.map(lambda m, p: jnp.where(is_arch, m, p), mixing, perturbed)
+          mixing = _where_tree(is_arch, mixing, perturbed)
         return mixing_loss(w, mixing, batch, key)
 
       (value, aux), (g_w, g_a) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
@@ -462,11 +461,10 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
       new_alphas = optax.apply_updates(alphas, a_updates)
       if warmup_steps:
         active = state.step >= warmup_steps
-        new_alphas = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_alphas, alphas)
-        new_a_opt = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_a_opt, a_opt_state)
+        new_alphas = _where_tree(active, new_alphas, alphas)
+        new_a_opt = _where_tree(active, new_a_opt, a_opt_state)
       new_weights = optax.apply_updates(weights, w_updates)
-      pick = lambda arch_value, weight_value: jax.tree.map(  # noqa: E731
-          lambda x, y: jnp.where(is_arch, x, y), arch_value, weight_value)
+      pick = functools.partial(_where_tree, is_arch)  # (arch phase's value, weight phase's)
       carry = (pick(weights, new_weights), pick(new_alphas, alphas), aux["batch_stats"],
                pick(w_opt_state, new_w_opt), pick(new_a_opt, a_opt_state))
       out = {"loss": value, "accuracy": aux["accuracy"],
@@ -490,7 +488,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         for t, v in zip(jax.tree.leaves(train_batch), jax.tree.leaves(val_batch))))
     return (fuse_phases and same_batches and recipe.arch_first
             and estimator is hypergrad.first_order
-            and not any(_regularizer_is_on_losses(r.name) for r, _ in regs)
+            and not any(regularize.is_loss_regularizer(r.name) for r, _ in regs)
             and (perturbation is None or not _accepts(perturbation, "loss_fn")))
 
   def search_step(state: SearchState, train_batch, val_batch):
