@@ -2,11 +2,14 @@
 
 ``load(name)`` returns a :class:`Dataset` whose images are float32 NHWC, standardised per channel,
 already split into search-train (the weights' data), search-val (the architecture's data) and a
-held-out test part. ``"digits"`` is embedded in the package and needs no network; CIFAR-10/100 and
-SVHN are named here and arrive in a later version. Batches come from :func:`batch_at` /
+held-out test part. ``"digits"`` is embedded in the package and needs no network; ``"cifar10"``,
+``"cifar100"`` and ``"svhn"`` are read from their standard archives in ``data_dir`` (no TensorFlow;
+:mod:`jaxnas.data.archives`) or through tensorflow-datasets (the ``data`` extra). Training-time
+augmentation is in :mod:`jaxnas.data.augment`. Batches come from :func:`batch_at` /
 :func:`search_batches`, pure functions of a seed and a step, so a resumed run sees the same data.
 
-This package never imports TensorFlow (nor scikit-learn).
+This package never imports TensorFlow (nor scikit-learn) at import time; only the tfds fallback
+of the real data sets imports it, when called.
 
 Example:
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from jaxnas.data import augment
+from jaxnas.data.archives import load_cifar10, load_cifar100, load_svhn
 from jaxnas.data.batches import (
     batch_at,
     iterate,
@@ -33,16 +38,20 @@ from jaxnas.data.batches import (
 )
 from jaxnas.data.dataset import Dataset
 from jaxnas.data.digits import load_digits
-from jaxnas.errors import JaxnasError, unknown_name
+from jaxnas.errors import unknown_name
 
 __all__ = [
     "DATASETS",
     "Dataset",
     "Loader",
+    "augment",
     "batch_at",
     "iterate",
     "load",
+    "load_cifar10",
+    "load_cifar100",
     "load_digits",
+    "load_svhn",
     "search_batches",
     "split_seeds",
     "steps_per_epoch",
@@ -51,23 +60,11 @@ __all__ = [
 
 Loader = Callable[..., Dataset]
 
-
-def _later(name: str) -> Loader:
-  """A loader for a data set that is named but not yet shipped: it explains, never downloads."""
-
-  def loader(*, data_dir: str | None = None) -> Dataset:
-    del data_dir
-    raise JaxnasError(f"data set {name!r} arrives in a later version of jaxnas (it will need the "
-                      "'data' extra: pip install 'jaxnas[data]'); use --dataset digits for now")
-
-  return loader
-
-
 DATASETS: dict[str, Loader] = {
     "digits": load_digits,
-    "cifar10": _later("cifar10"),
-    "cifar100": _later("cifar100"),
-    "svhn": _later("svhn"),
+    "cifar10": load_cifar10,
+    "cifar100": load_cifar100,
+    "svhn": load_svhn,
 }
 
 
