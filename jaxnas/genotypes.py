@@ -2,8 +2,9 @@
 
 Each entry is transcribed from the authors' public code (``owner/repo:path``, variable name in
 brackets) into a :class:`jaxnas.derive.Genotype`; none is re-derived or guessed. The figures in the
-comments are the published ones (CIFAR-10, C = 36, L = 20); ``tests/test_evalnet.py`` checks that the
-parameter count of each genotype, worked out by a per-op formula, rounds to the published one.
+comments are the published ones (CIFAR-10, C = 36, L = 20; quark0/darts-style counts leave the
+auxiliary head out); ``tests/test_evalnet.py`` checks that the parameter count of each genotype,
+worked out by a per-op formula, rounds to the published one.
 
 ``get(name)`` returns a genotype; ``NAMES`` lists them. DARTS-space genotypes list, node by node,
 each intermediate node's two ``(op, input state)`` pairs; FairDARTS' list ``(op, node, input)``
@@ -56,14 +57,14 @@ GENOTYPES: dict[str, Genotype] = {
                 ("max_pool_3x3", 0), ("dil_conv_3x3", 1), ("dil_conv_3x3", 1), ("dil_conv_5x5", 3)]),
     # SDARTS-RS (Chen & Hsieh, ICML 2020); xiangning-chen/SmoothDARTS:sota/cnn/genotypes.py
     # [c10_s5_random]: CIFAR-10 on space "s5", the original DARTS space (sota/cnn/spaces.py).
-    # Published: 3.4M parameters.
+    # The repository does not say which run the paper's table reports; not checked against it.
     "SDARTS_RS": _darts(
         normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_5x5", 1), ("skip_connect", 0),
                 ("sep_conv_3x3", 3), ("skip_connect", 1), ("sep_conv_3x3", 1), ("dil_conv_3x3", 2)],
         reduce=[("max_pool_3x3", 0), ("sep_conv_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
                 ("dil_conv_5x5", 3), ("max_pool_3x3", 0), ("sep_conv_3x3", 2), ("sep_conv_5x5", 3)]),
     # SDARTS-ADV (Chen & Hsieh, ICML 2020); xiangning-chen/SmoothDARTS:sota/cnn/genotypes.py
-    # [c10_s5_pgd]. Published: 3.3M parameters.
+    # [c10_s5_pgd]. As SDARTS_RS: not checked against the paper's table.
     "SDARTS_ADV": _darts(
         normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 1), ("skip_connect", 0),
                 ("sep_conv_5x5", 0), ("dil_conv_3x3", 3), ("dil_conv_3x3", 4), ("skip_connect", 0)],
@@ -80,7 +81,8 @@ GENOTYPES: dict[str, Genotype] = {
     # xiaomi-automl/FairDARTS:fairdarts/genotypes.py [FairDARTS_a .. FairDARTS_g]. Triples
     # (op, node, input); a node without inputs is left out of the cell (``DCOCell``). README:
     # a 2.83M / 373M mult-adds, b 3.88M / 536M, c 2.59M / 400M, d 3.84M / 532M, e 3.12M / 414M,
-    # f 3.62M / 497M, g 3.38M / 453M (parameters / FLOPs by thop, batch norm removed).
+    # f 3.62M / 497M, g 3.38M / 453M (parameters / FLOPs by thop, batch norm removed; the
+    # parameter figures include the auxiliary head, except c's, which matches the count without).
     "FAIRDARTS_A": Genotype(
         normal=[("sep_conv_3x3", 2, 0), ("sep_conv_5x5", 2, 1), ("max_pool_3x3", 4, 0),
                 ("sep_conv_3x3", 5, 0)], normal_concat=_CONCAT,

@@ -1,0 +1,447 @@
+"""Training a searched genotype from scratch: the ``jaxnas train`` command (DARTS' evaluation phase).
+
+The protocol is quark0/darts ``cnn/train.py`` (Liu et al., ICLR 2019) for DARTS-space genotypes:
+SGD with momentum 0.9, weight decay 3·10⁻⁴ on every weight, gradient-norm clipping at 5, learning
+rate 0.025 on a per-epoch cosine to 0; loss = CE(logits) + 0.4 · CE(auxiliary logits); drop-path
+probability 0.2 · epoch / epochs on every non-identity op; C = 36, L = 20, batch 96, 600 epochs,
+cutout 16, random crop and flip. For NAS-Bench-201 strings it is the benchmark's (Dong & Yang,
+ICLR 2020): C = 16, N = 5, Nesterov SGD 0.1 cosine to 0, weight decay 5·10⁻⁴, batch 256, 200
+epochs, no auxiliary head, no drop-path, no cutout. On small images (the embedded 8×8 digits) the
+defaults shrink to what fits (see :data:`_DEFAULTS`).
+
+The network trains on the data set's search-train and search-val parts together (the whole training
+set, as the reference) and is evaluated on its test part after every epoch. The run directory holds
+``config.json``, ``metrics.jsonl`` (one line per logged step, one per epoch's evaluation),
+``weights.msgpack`` (final params and batch statistics, ``flax.serialization``) and
+``summary.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import functools
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any, NamedTuple, Optional
+
+import flax.serialization
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxnas import data, derive, evalnet, genotypes
+from jaxnas.errors import JaxnasError
+from jaxnas.run import _jsonable, _make_run_dir, _versions
+from jaxnas.search import cross_entropy, epoch_cosine_schedule
+
+__all__ = ["TrainConfig", "TrainState", "load_genotype", "resolve", "validate", "make_optimizer",
+           "make_train_step", "init_train_state", "evaluate", "run_train"]
+
+# Defaults by (genotype space, image size class). "paper": 32×32 images, the papers' protocols.
+# "small": images under 32×32 (digits): the auxiliary head cannot be built (it needs 8×8 at cell
+# 2L/3) and cutout 16 exceeds the image, so both are off, and the network and run are smaller.
+_DEFAULTS = {
+    ("darts", "paper"): dict(channels=36, cells=20, batch_size=96, epochs=600,
+                             auxiliary_weight=0.4, drop_path=0.2, cutout=16, lr=0.025,
+                             momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
+    ("darts", "small"): dict(channels=16, cells=8, batch_size=64, epochs=30,
+                             auxiliary_weight=0.0, drop_path=0.2, cutout=0, lr=0.025,
+                             momentum=0.9, nesterov=False, weight_decay=3e-4, grad_clip=5.0),
+    ("nb201", "paper"): dict(channels=16, cells=5, batch_size=256, epochs=200,
+                             auxiliary_weight=0.0, drop_path=0.0, cutout=0, lr=0.1,
+                             momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=None),
+    ("nb201", "small"): dict(channels=16, cells=5, batch_size=64, epochs=30,
+                             auxiliary_weight=0.0, drop_path=0.0, cutout=0, lr=0.1,
+                             momentum=0.9, nesterov=True, weight_decay=5e-4, grad_clip=None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything a training run needs; None means the default of the genotype's space and data."""
+
+  genotype: str = "DARTS_V2"  # a genotype.json, a run directory holding one, or a published name
+  dataset: str = "digits"
+  data_dir: Optional[str] = None
+  epochs: Optional[int] = None
+  batch_size: Optional[int] = None
+  channels: Optional[int] = None
+  cells: Optional[int] = None  # L (all cells) for darts, N (cells per stage) for nb201
+  auxiliary_weight: Optional[float] = None
+  drop_path: Optional[float] = None
+  cutout: Optional[int] = None
+  lr: Optional[float] = None
+  momentum: Optional[float] = None
+  nesterov: Optional[bool] = None
+  weight_decay: Optional[float] = None
+  grad_clip: Optional[float] = None
+  seed: int = 0
+  out: Optional[str] = None
+  log_every: int = 50
+  dry_run: bool = False
+
+
+class TrainState(NamedTuple):
+  """What training carries from one step to the next, as one pytree."""
+
+  params: Any  # the network's Flax params
+  batch_stats: Any  # BN running statistics
+  opt_state: Any  # optax state
+  step: Any  # shape=(), dtype=int32
+  key: Any  # PRNG key of the run; step keys are fold_in(key, step)
+
+
+def load_genotype(spec) -> derive.Genotype:
+  """A genotype from a file, a run directory (its ``genotype.json``) or a published name.
+
+  Raises:
+    JaxnasError: if ``spec`` is neither an existing path nor a name of :data:`genotypes.NAMES`, or
+      the file is not a genotype.
+  """
+  if isinstance(spec, derive.Genotype):
+    return spec
+  path = pathlib.Path(str(spec))
+  if path.exists():
+    return derive.Genotype.load(path)
+  key = str(spec).upper().replace("-", "_")
+  if key in genotypes.GENOTYPES:
+    return genotypes.GENOTYPES[key]
+  raise JaxnasError(f"--genotype {spec!r} is neither a file or run directory nor a published "
+                    f"genotype; choose a genotype.json or one of: {', '.join(genotypes.NAMES)}")
+
+
+def _size_class(image_shape) -> str:
+  return "paper" if min(image_shape[:2]) >= 32 else "small"
+
+
+def resolve(cfg: TrainConfig, space: str, image_shape) -> TrainConfig:
+  """``cfg`` with every None replaced by the default of ``space`` on images of ``image_shape``."""
+  defaults = _DEFAULTS[(space, _size_class(image_shape))]
+  filled = {k: (v if getattr(cfg, k) is None else getattr(cfg, k)) for k, v in defaults.items()}
+  return dataclasses.replace(cfg, **filled)
+
+
+def _whole(value, flag: str, low: int) -> None:
+  if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+    raise JaxnasError(f"{flag} must be a whole number ≥ {low}, got {value!r}")
+
+
+def _real(value, flag: str, low: float, high: float, high_open: bool = False) -> None:
+  if value is None:
+    return
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  ok = ok and low <= value and (value < high if high_open else value <= high)
+  if not ok:
+    bracket = ")" if high_open else "]"
+    raise JaxnasError(f"{flag} must be a number in [{low}, {high}{bracket}, got {value!r}")
+
+
+def validate(cfg: TrainConfig, space: Optional[str] = None, image_shape=None) -> None:
+  """Raises a one-line JaxnasError for a config that cannot work.
+
+  With ``space`` and ``image_shape`` (after :func:`resolve`), also checks what depends on them:
+  the auxiliary head and drop-path exist only for darts genotypes, the head needs images of at
+  least 32×32, darts networks need sides divisible by 4 and the cutout square must fit the image.
+  """
+  for value, flag, low in ((cfg.epochs, "--epochs", 1), (cfg.batch_size, "--batch-size", 1),
+                           (cfg.channels, "--channels", 1), (cfg.cells, "--cells", 1),
+                           (cfg.cutout, "--cutout", 0), (cfg.seed, "--seed", 0),
+                           (cfg.log_every, "--log-every", 1)):
+    _whole(value, flag, low)
+  _real(cfg.auxiliary_weight, "--auxiliary-weight", 0.0, math.inf, True)
+  _real(cfg.drop_path, "--drop-path", 0.0, 1.0, True)
+  _real(cfg.lr, "--lr", 0.0, math.inf, True)
+  _real(cfg.momentum, "--momentum", 0.0, 1.0, True)
+  _real(cfg.weight_decay, "--weight-decay", 0.0, math.inf, True)
+  if cfg.grad_clip is not None:
+    _real(cfg.grad_clip, "--grad-clip", 0.0, math.inf, True)
+  if space is None:
+    return
+  h, w = image_shape[:2]
+  if space == "nb201":
+    if cfg.auxiliary_weight:
+      raise JaxnasError("the NAS-Bench-201 network has no auxiliary head; use --auxiliary-weight 0")
+    if cfg.drop_path:
+      raise JaxnasError("the NAS-Bench-201 network has no drop-path; use --drop-path 0")
+  else:
+    if h % 4 or w % 4:
+      raise JaxnasError(f"the darts network halves {h}×{w} images twice; it needs sides divisible "
+                        "by 4")
+    if cfg.auxiliary_weight and min(h, w) < 32:
+      raise JaxnasError(f"the auxiliary head needs 8×8 features at cell 2L//3, i.e. images of at "
+                        f"least 32×32, but these are {h}×{w}; use --auxiliary-weight 0")
+    if cfg.channels % 2:
+      raise JaxnasError(f"--channels {cfg.channels} is odd; FactorizedReduce splits channels in "
+                        "halves, choose an even number")
+  if cfg.cutout and cfg.cutout > min(h, w):
+    raise JaxnasError(f"--cutout {cfg.cutout} is larger than the {h}×{w} images; choose --cutout "
+                      f"≤ {min(h, w)} (0 turns it off)")
+
+
+def make_optimizer(cfg: TrainConfig, *, steps_per_epoch: int):
+  r"""SGD as the reference: clip, then weight decay, then momentum, lr on a per-epoch cosine.
+
+  .. math:: g \leftarrow \mathrm{clip}(g, 5);\; d = g + \lambda w;\; m \leftarrow \mu m + d;\;
+     w \leftarrow w - \eta_e m, \quad \eta_e = \tfrac12 \eta (1 + \cos(\pi e / E))
+
+  (torch ``SGD(momentum, weight_decay)`` after ``clip_grad_norm``; Nesterov for NB201). The
+  cosine is :func:`jaxnas.search.epoch_cosine_schedule` to 0: epoch ``e`` (from 0) trains at
+  :math:`\eta_e`. quark0/darts steps its ``CosineAnnealingLR`` at the start of each epoch, which,
+  depending on the PyTorch version's scheduler semantics, can shift this by one epoch; we keep
+  the schedule's own definition.
+  """
+  schedule = epoch_cosine_schedule(cfg.lr, 0.0, steps_per_epoch=steps_per_epoch,
+                                   epochs=cfg.epochs)
+  parts = []
+  if cfg.grad_clip is not None:
+    parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+  if cfg.weight_decay:
+    parts.append(optax.add_decayed_weights(cfg.weight_decay))
+  parts.append(optax.sgd(schedule, momentum=cfg.momentum or None, nesterov=bool(cfg.nesterov)))
+  return optax.chain(*parts), schedule
+
+
+def make_train_step(model, tx, schedule, *, auxiliary_weight: float, drop_path: float,
+                    steps_per_epoch: int, epochs: int, jit: bool = True):
+  r"""``train_step(state, batch) -> (state, metrics)``, one SGD step of the evaluation network.
+
+  .. math:: \mathcal L = \mathrm{CE}(f(x), y) + \lambda_{aux} \mathrm{CE}(f_{aux}(x), y), \qquad
+     p_e = p \cdot e / E
+
+  with the network in train mode and drop-path probability :math:`p_e` at epoch ``e`` (from 0),
+  as quark0/darts sets ``model.drop_path_prob`` at the start of each epoch. The drop-path masks
+  come from ``fold_in(state.key, state.step)``. The epoch is read from ``state.step`` inside the
+  program, so one compilation serves the whole run.
+  """
+  use_aux = bool(auxiliary_weight)
+
+  def loss_fn(params, batch_stats, batch, drop_prob, key):
+    (logits, aux_logits), new_vars = model.apply(
+        {"params": params, "batch_stats": batch_stats}, batch["image"], train=True,
+        drop_prob=drop_prob if drop_path else None, rngs={"drop_path": key},
+        mutable=["batch_stats"])
+    ce = cross_entropy(logits, batch["label"])
+    aux = {"ce": ce, "batch_stats": new_vars["batch_stats"]}
+    loss = ce
+    if use_aux:
+      aux["aux_ce"] = cross_entropy(aux_logits, batch["label"])
+      loss = ce + jnp.asarray(auxiliary_weight, ce.dtype) * aux["aux_ce"]
+    pred = jnp.argmax(logits, -1)
+    aux["accuracy"] = jnp.mean((pred == batch["label"].astype(pred.dtype)).astype(ce.dtype))
+    return loss, aux
+
+  def train_step(state: TrainState, batch):
+    epoch = state.step // steps_per_epoch
+    dtype = model.dtype
+    drop_prob = jnp.asarray(drop_path, dtype) * epoch.astype(dtype) / jnp.asarray(epochs, dtype)
+    key = jax.random.fold_in(state.key, state.step)
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, state.batch_stats, batch, drop_prob, key)
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int and float
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      lr = schedule(state.step)
+    metrics = {"train_loss": loss, "train_ce": aux["ce"], "train_accuracy": aux["accuracy"],
+               "grad_norm": optax.tree.norm(grads), "lr": lr, "drop_prob": drop_prob}
+    if use_aux:
+      metrics["train_aux_ce"] = aux["aux_ce"]
+    new_state = TrainState(params=params, batch_stats=aux["batch_stats"], opt_state=opt_state,
+                           step=state.step + 1, key=state.key)
+    return new_state, metrics
+
+  return jax.jit(train_step, donate_argnums=0) if jit else train_step
+
+
+def init_train_state(model, tx, key, image_shape) -> TrainState:
+  """A fresh :class:`TrainState`, every leaf committed to the default device."""
+  k_init, k_run = jax.random.split(key)
+  params, batch_stats = evalnet.init_variables(model, k_init, image_shape)
+  state = TrainState(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                     step=jnp.asarray(0, jnp.int32), key=k_run)
+  # Uncommitted leaves would make the second step compile again (see search.init_search_state).
+  return jax.device_put(state, jax.devices()[0])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batch_sums(model, params, batch_stats, x, y, mask):
+  """Summed cross-entropy and correct predictions of a masked batch (compiled once per model)."""
+  logits, _ = model.apply({"params": params, "batch_stats": batch_stats}, x, train=False)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  pred = jnp.argmax(logits, -1)
+  correct = (pred == y.astype(pred.dtype)).astype(ce.dtype)
+  return jnp.sum(ce * mask.astype(ce.dtype)), jnp.sum(correct * mask.astype(ce.dtype))
+
+
+def evaluate(model, params, batch_stats, images, labels, *, batch_size: int = 256):
+  """Mean cross-entropy and accuracy of the network in eval mode on a whole split.
+
+  The last partial batch is padded and masked, so every example counts once and one compiled
+  program serves every batch.
+  """
+  n = len(images)
+  batch_size = max(1, min(batch_size, n))
+  total_loss = total_correct = 0.0
+  for start in range(0, n, batch_size):
+    x, y = np.asarray(images[start:start + batch_size]), np.asarray(labels[start:start + batch_size])
+    m = len(x)
+    if m < batch_size:
+      x = np.concatenate([x, np.zeros((batch_size - m,) + x.shape[1:], x.dtype)])
+      y = np.concatenate([y, np.zeros((batch_size - m,), y.dtype)])
+    mask = np.arange(batch_size) < m
+    loss, correct = _batch_sums(model, params, batch_stats, x, y, mask)
+    total_loss += float(loss)
+    total_correct += float(correct)
+  return total_loss / n, total_correct / n
+
+
+def _augment_module():
+  """``jaxnas.data.augment`` if this version has it, else None."""
+  try:
+    from jaxnas.data import augment
+  except ImportError:
+    return None
+  return augment
+
+
+def _default_out(cfg: TrainConfig, genotype_label: str) -> pathlib.Path:
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  return pathlib.Path("runs") / f"train-{genotype_label}-{cfg.dataset}-s{cfg.seed}-{stamp}"
+
+
+def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
+  """Builds the genotype's network, writes the run directory and (unless a dry run) trains it.
+
+  A dry run prints the parameter counts without and with the auxiliary head and the multiply-adds
+  of one 32×32 forward pass (the papers' figure) and of one forward pass at the data's image size,
+  writes ``config.json`` and stops.
+
+  Returns:
+    The run directory.
+
+  Raises:
+    JaxnasError: for a config that cannot work, before anything is written.
+  """
+  stdout = stdout or sys.stdout
+  validate(cfg)
+  genotype = load_genotype(cfg.genotype)
+  dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
+  cfg = resolve(cfg, genotype.space, dataset.image_shape)
+  validate(cfg, genotype.space, dataset.image_shape)
+  augment = _augment_module()
+  crop_flip = _size_class(dataset.image_shape) == "paper"
+  if cfg.cutout and augment is None:
+    raise JaxnasError("cutout needs jaxnas.data.augment, which this installation lacks; pass "
+                      "--cutout 0")
+  train_x = np.concatenate([dataset.train_x, dataset.val_x])
+  train_y = np.concatenate([dataset.train_y, dataset.val_y])
+  data.validate_batch_size(len(train_x), cfg.batch_size, f"training images of {dataset.name}")
+  spe = data.steps_per_epoch(len(train_x), cfg.batch_size)
+  total_steps = spe * cfg.epochs
+
+  model = evalnet.build(genotype, channels=cfg.channels, cells=cfg.cells,
+                        num_classes=dataset.num_classes, auxiliary=bool(cfg.auxiliary_weight))
+  counting = evalnet.build(genotype, channels=cfg.channels, cells=cfg.cells,
+                           num_classes=dataset.num_classes,
+                           auxiliary=genotype.space == "darts")
+  paper_shape = (32, 32, dataset.image_shape[-1])  # parameter counts do not depend on the size
+  params_plain, params_aux = evalnet.count_params(counting, paper_shape)
+  macs_32 = evalnet.count_macs(model, paper_shape)
+  macs_data = (macs_32 if tuple(dataset.image_shape) == paper_shape
+               else evalnet.count_macs(model, dataset.image_shape))
+
+  label = (pathlib.Path(str(cfg.genotype)).stem if pathlib.Path(str(cfg.genotype)).exists()
+           else str(cfg.genotype).lower())
+  run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg, label))
+  config = {
+      "config": dataclasses.asdict(cfg),
+      "genotype": genotype.to_dict(),
+      "genotype_str": str(genotype),
+      "num_params": params_plain,
+      "num_params_with_auxiliary": params_aux,
+      "macs_32x32": macs_32,
+      "macs_at_image_size": macs_data,
+      "dataset": {"name": dataset.name, "image_shape": list(dataset.image_shape),
+                  "num_classes": dataset.num_classes, "train": len(train_x),
+                  "test": len(dataset.test_x)},
+      "augmentation": {"crop_padding": 4 if crop_flip else 0, "flip": crop_flip,
+                       "cutout": cfg.cutout, "available": augment is not None},
+      "steps_per_epoch": spe, "total_steps": total_steps,
+      "versions": _versions(), "command": sys.argv,
+      "started": datetime.datetime.now().isoformat(timespec="seconds"),
+  }
+  (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+  aux_note = ("" if genotype.space == "nb201"
+              else f", {params_aux:,} with the auxiliary head")
+  print(f"run directory: {run_dir}", file=stdout)
+  print(f"{genotype.space} network of genotype {label}: C={cfg.channels}, "
+        f"{'L' if genotype.space == 'darts' else 'N'}={cfg.cells}; parameters: {params_plain:,} "
+        f"without the auxiliary head{aux_note}", file=stdout)
+  print(f"multiply-adds of one 32×32 forward pass: {macs_32 / 1e6:.2f}M"
+        + ("" if tuple(dataset.image_shape) == paper_shape else
+           f"; at the data's {dataset.image_shape[0]}×{dataset.image_shape[1]}: "
+           f"{macs_data / 1e6:.2f}M"), file=stdout)
+  print(f"{total_steps} steps of batch {cfg.batch_size} ({cfg.epochs} epochs of {spe}); "
+        f"auxiliary weight {cfg.auxiliary_weight}, drop-path {cfg.drop_path}, cutout {cfg.cutout}",
+        file=stdout, flush=True)
+  if cfg.dry_run:
+    return run_dir
+
+  tx, schedule = make_optimizer(cfg, steps_per_epoch=spe)
+  state = init_train_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
+  step_fn = make_train_step(model, tx, schedule, auxiliary_weight=cfg.auxiliary_weight,
+                            drop_path=cfg.drop_path, steps_per_epoch=spe, epochs=cfg.epochs)
+  fill = -dataset.mean / dataset.std
+  t0 = time.perf_counter()
+  first_step_s, best = None, 0.0
+  test_loss = test_acc = math.nan
+  with open(run_dir / "metrics.jsonl", "w") as log:
+    for step in range(total_steps):
+      xb, yb = data.batch_at(train_x, train_y, cfg.batch_size, seed=cfg.seed, step=step)
+      if augment is not None and (crop_flip or cfg.cutout):
+        xb = augment.augment_batch(xb, rng=np.random.default_rng([cfg.seed, step]),
+                                   crop_padding=4 if crop_flip else 0, flip=crop_flip,
+                                   cutout=cfg.cutout, fill=fill).astype(xb.dtype)
+      state, metrics = step_fn(state, {"image": xb, "label": yb})
+      if first_step_s is None:
+        jax.block_until_ready(state)
+        first_step_s = time.perf_counter() - t0
+      done = step + 1
+      if done % cfg.log_every == 0 or done % spe == 0:
+        m = _jsonable(jax.device_get(metrics))
+        m.update(step=done, epoch=math.ceil(done / spe), time_s=round(time.perf_counter() - t0, 3))
+        log.write(json.dumps(m) + "\n")
+        log.flush()
+        if not math.isfinite(m["train_loss"]):
+          raise JaxnasError(f"step {done}: the training loss is {m['train_loss']}; training "
+                            f"diverged (lower --lr); metrics so far are in {run_dir}")
+      if done % spe == 0:
+        epoch = done // spe
+        test_loss, test_acc = evaluate(model, state.params, state.batch_stats, dataset.test_x,
+                                       dataset.test_y)
+        best = max(best, test_acc)
+        log.write(json.dumps({"epoch": epoch, "step": done, "test_loss": test_loss,
+                              "test_accuracy": test_acc,
+                              "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
+        log.flush()
+        print(f"epoch {epoch}/{cfg.epochs}: train loss {m['train_loss']:.4f} acc "
+              f"{m['train_accuracy']:.3f}; test loss {test_loss:.4f} acc {test_acc:.4f}",
+              file=stdout, flush=True)
+  train_s = time.perf_counter() - t0
+  weights = {"params": jax.device_get(state.params),
+             "batch_stats": jax.device_get(state.batch_stats)}
+  (run_dir / "weights.msgpack").write_bytes(flax.serialization.to_bytes(weights))
+  summary = {"test_accuracy": test_acc, "test_loss": test_loss, "best_test_accuracy": best,
+             "num_params": params_plain, "num_params_with_auxiliary": params_aux,
+             "macs_32x32": macs_32, "first_step_s": first_step_s, "train_s": train_s,
+             "steps": total_steps}
+  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) on {len(dataset.test_x)} "
+        f"test images after {cfg.epochs} epochs; {train_s:.1f} s, first step {first_step_s:.1f} s",
+        file=stdout)
+  print(f"results in {run_dir}", file=stdout, flush=True)
+  return run_dir
