@@ -3,6 +3,7 @@
     jaxnas search  [--space darts|nb201] [--method NAME] [--estimator NAME] [--dataset NAME] ...
     jaxnas derive  RUN_DIR [--rule NAME]
     jaxnas study   hypergrad [--problem ridge|logistic|toy|supernet | --run RUN_DIR] [--out DIR]
+    jaxnas plot    RUN_DIR
     jaxnas methods
 
 Bad input ends with one line on stderr (``jaxnas: error: ...``) and exit status 2, never a traceback.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -60,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--out", default=None, help="run directory (default: runs/<method>-...-<time>)")
   s.add_argument("--log-every", type=_int, default=1, help="steps between metrics.jsonl lines")
   s.add_argument("--depthwise", default="lax", help="depthwise conv form for darts: lax (default), taps or vjp")
+  s.add_argument("--cell-sharing", default=None, choices=["type", "none"],
+                 help="darts: one alphas per cell type (type, DARTS) or per cell (none, D-DARTS); "
+                      "default: the method's")
+  s.add_argument("--remat", default="none",
+                 help="rematerialisation (jax.checkpoint): none (default), cell (every cell) or "
+                      "op (every group of mixed ops): less memory, more compute, same numbers")
   pieces = s.add_argument_group(
       "pieces", "compose a method: any recipe takes another estimator, perturbation, stopping rule "
       "or extra regularisers")
@@ -80,8 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
                            "steps (0: only when the stopping rule needs it)")
   s.add_argument("--save-trajectory", type=_int, default=0, metavar="N",
                  help="save weights and alphas every N steps for 'jaxnas study hypergrad --run'")
+  scale = s.add_argument_group("scale", "several seeds in one program, several devices")
+  scale.add_argument("--seeds", type=_int, default=None, metavar="N",
+                     help="search seeds SEED..SEED+N-1 as one vmapped program: one run directory "
+                          "per seed and a summary")
+  scale.add_argument("--devices", type=_int, default=None, metavar="N",
+                     help="split each batch over N local devices (default: all)")
   s.add_argument("--dry-run", action="store_true",
                  help="build the supernet, write config.json (with num_params) and stop")
+  ck = s.add_argument_group("checkpoints", "RUN_DIR/checkpoints: the whole search state, atomic")
+  ck.add_argument("--checkpoint-every", type=_int, default=None, metavar="N",
+                  help="steps between checkpoints (default: each epoch; 0: only at the end)")
+  ck.add_argument("--keep", type=_int, default=3, metavar="K",
+                  help="keep the newest K checkpoints (default 3)")
+  ck.add_argument("--resume", action="store_true",
+                  help="continue the run in --out RUN_DIR from its newest checkpoint, with the "
+                       "configuration of its config.json (other flags must agree with it)")
   s.add_argument("--no-compile-cache", action="store_true",
                  help="do not use the persistent XLA compilation cache")
 
@@ -89,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Derive a genotype from RUN_DIR/alphas.npz.")
   d.add_argument("run_dir", metavar="RUN_DIR")
   d.add_argument("--rule", default=None, help="derivation rule (default: the run's rule)")
+  d.add_argument("--cells", type=_int, default=None, metavar="N",
+                 help="per-cell runs (d-darts): write an N-cell genotype by D-DARTS' Algorithm 1 "
+                      "(genotype-Ncells.json)")
 
   st = sub.add_parser("study", help="study hypergradient estimators",
                       description="Compare every hypergradient estimator with the exact one.")
@@ -100,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "(a run made with --save-trajectory N)")
   st.add_argument("--out", default=None, help="output directory (default: runs/study-PROBLEM)")
   st.add_argument("--seed", type=_int, default=0)
+
+  pl = sub.add_parser("plot", help="draw a run's mixing weights, cells and curves",
+                      description="Draw RUN_DIR's mixing weights over the search, the derived "
+                                  "cells and the loss/accuracy curves into RUN_DIR/plots/.")
+  pl.add_argument("run_dir", metavar="RUN_DIR")
 
   sub.add_parser("methods", help="list the method recipes", description="List the recipes.")
   return p
@@ -151,20 +181,48 @@ def _xla_gpu_workaround(space: str) -> None:
     os.environ["XLA_FLAGS"] = (flags + " " + _TRITON_GEMM_FLAG).strip()
 
 
-def _search(args) -> int:
-  _xla_gpu_workaround(args.space)
-  from jaxnas.run import SearchConfig, run_search
-  cfg = SearchConfig(space=args.space, method=args.method, estimator=args.estimator,
+def _search_config(args):
+  from jaxnas.run import SearchConfig
+  return SearchConfig(space=args.space, method=args.method, estimator=args.estimator,
                      dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                      steps=args.steps, batch_size=args.batch_size, channels=args.channels,
                      cells=args.cells, seed=args.seed, out=args.out, log_every=args.log_every,
-                     dry_run=args.dry_run, depthwise=args.depthwise,
+                     dry_run=args.dry_run, depthwise=args.depthwise, remat=args.remat,
+                     cell_sharing=args.cell_sharing,
                      add_regularizers=tuple(args.add_regularizer),
                      estimator_options=tuple(args.estimator_option),
                      perturbation=args.perturbation, stopping=args.stopping,
-                     eigen_every=args.eigen_every, save_trajectory=args.save_trajectory)
+                     eigen_every=args.eigen_every, save_trajectory=args.save_trajectory,
+                     devices=args.devices, checkpoint_every=args.checkpoint_every,
+                     keep=args.keep)
+
+
+def _search(args) -> int:
+  from jaxnas import run
+  cfg = _search_config(args)
+  if args.resume:
+    if args.out is None:
+      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+    if args.seeds is not None:
+      raise JaxnasError("--resume continues one search; leave --seeds out")
+    resumed, recipe = run.resume_config(args.out)
+    defaults = build_parser().parse_args(["search"])
+    run.check_resume_flags(resumed, cfg, _search_config(defaults))
+    cfg = dataclasses.replace(  # --checkpoint-every and --keep may change; else the run's values
+        resumed, checkpoint_every=(resumed.checkpoint_every if args.checkpoint_every is None
+                                   else args.checkpoint_every),
+        keep=resumed.keep if args.keep == defaults.keep else args.keep)
+    _xla_gpu_workaround(cfg.space)
+    with _compile_cache(not args.no_compile_cache):
+      run.run_search(cfg, recipe=recipe, resume=True)
+    return 0
+  _xla_gpu_workaround(args.space)
   with _compile_cache(not args.no_compile_cache and not args.dry_run):
-    run_search(cfg)
+    if args.seeds is not None:
+      from jaxnas.seeds import run_seeds
+      run_seeds(cfg, args.seeds)
+    else:
+      run.run_search(cfg)
   return 0
 
 
@@ -194,7 +252,13 @@ def _derive(args) -> int:
   except (OSError, ValueError) as e:
     raise JaxnasError(f"{alphas_path} cannot be read ({e}); the run directory is damaged")
   from jaxnas import spaces
-  model = spaces.get(space)
+  # The recipe's space options that shape the alphas (PC-DARTS' edge normalisation).
+  shape_opts = {k: v for k, v in config["recipe"].get("space_options") or []
+                if k in ("edge_normalization", "cell_sharing")}
+  # Per-cell alphas (D-DARTS) have one row per cell: the run's cell count and --cell-sharing.
+  shape_opts.update({k: v for k, v in (config.get("space_config") or {}).items()
+                     if k in ("num_cells", "cell_sharing")})
+  model = spaces.get(space, **shape_opts)
   spaces.check_weights(alphas, model.alpha_shapes(), space)
   import jax.numpy as jnp
   mixing = search.make_relaxation(recipe, model.op_names)(
@@ -203,6 +267,10 @@ def _derive(args) -> int:
   genotype = derive.derive(rule, {k: np.asarray(v) for k, v in mixing.items()}, model.op_names)
   default_rule = recipe.derivation or model.default_rule
   out = run_dir / ("genotype.json" if rule == default_rule else f"genotype-{rule}.json")
+  if args.cells is not None:  # D-DARTS' Algorithm 1: an n-cell network from the searched cells
+    from jaxnas import ddarts
+    genotype = ddarts.deepen(genotype, args.cells)
+    out = out.with_name(f"{out.stem}-{args.cells}cells.json")
   out.write_text(genotype.to_json() + "\n")
   print(f"genotype ({rule}): {genotype}")
   if genotype.space == "nb201":
@@ -235,6 +303,12 @@ def _study(args) -> int:
   return 0
 
 
+def _plot(args) -> int:
+  from jaxnas import plots
+  plots.plot_run(args.run_dir)
+  return 0
+
+
 def _methods(args) -> int:
   del args
   from jaxnas import methods
@@ -253,8 +327,8 @@ def main(argv=None) -> int:
     if args.command is None:
       parser.print_help()
       return 0
-    return {"search": _search, "derive": _derive, "study": _study, "methods": _methods}[
-        args.command](args)
+    return {"search": _search, "derive": _derive, "study": _study, "plot": _plot,
+            "methods": _methods}[args.command](args)
   except JaxnasError as e:
     print(f"jaxnas: error: {e}", file=sys.stderr)
     return 2

@@ -16,7 +16,7 @@ import pathlib
 import platform
 import sys
 import time
-from typing import Optional
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -49,6 +49,8 @@ class SearchConfig:
   log_every: int = 1
   dry_run: bool = False
   depthwise: str = "lax"
+  remat: str = "none"  # rematerialisation: "none", "cell" or "op" (the space's remat option)
+  cell_sharing: Optional[str] = None  # darts: "type" (DARTS) or "none" (D-DARTS); None: recipe's
   # Pieces added to the method's recipe from the command line (DESIGN §4, issue 4).
   add_regularizers: tuple = ()  # ("name:weight[:schedule]", ...)
   estimator_options: tuple = ()  # ("key=value", ...) set on the (possibly replaced) estimator
@@ -56,6 +58,9 @@ class SearchConfig:
   stopping: Optional[str] = None  # replaces the recipe's stopping rule; "none" removes it
   eigen_every: int = 0  # log the Hessian eigenvalue every N steps (0: only if a rule needs it)
   save_trajectory: int = 0  # save weights/alphas snapshots every N steps (0: never)
+  devices: Optional[int] = None  # data-parallel devices per process (None: all local devices)
+  checkpoint_every: Optional[int] = None  # steps between checkpoints (None: each epoch; 0: end only)
+  keep: int = 3  # checkpoints kept (the newest)
 
   def resolved(self) -> "SearchConfig":
     """The config with per-space defaults filled in."""
@@ -98,10 +103,23 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
     raise JaxnasError(f"--seed must be a whole number ≥ 0, got {cfg.seed}")
   if cfg.depthwise not in ("lax", "taps", "vjp"):
     raise JaxnasError(f"--depthwise must be 'lax', 'taps' or 'vjp', got {cfg.depthwise!r}")
+  if cfg.cell_sharing is not None and cfg.cell_sharing not in ("type", "none"):
+    raise JaxnasError(f"--cell-sharing must be 'type' (one alphas per cell type) or 'none' (one "
+                      f"per cell, D-DARTS), got {cfg.cell_sharing!r}")
+  if cfg.cell_sharing is not None and cfg.space != "darts":
+    raise JaxnasError(f"--cell-sharing is an option of the darts space; add --space darts")
+  if cfg.remat not in ("none", "cell", "op"):
+    raise JaxnasError(f"--remat must be 'none', 'cell' or 'op', got {cfg.remat!r}")
   for value, flag in ((cfg.eigen_every, "--eigen-every"),
                       (cfg.save_trajectory, "--save-trajectory")):
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise JaxnasError(f"{flag} must be a whole number ≥ 0 (0 turns it off), got {value}")
+  _positive(cfg.devices, "--devices")
+  if cfg.checkpoint_every is not None and (not isinstance(cfg.checkpoint_every, int) or isinstance(
+      cfg.checkpoint_every, bool) or cfg.checkpoint_every < 0):
+    raise JaxnasError(f"--checkpoint-every must be a whole number ≥ 0 (0: only at the end), got "
+                      f"{cfg.checkpoint_every}")
+  _positive(cfg.keep, "--keep")
   for text in cfg.add_regularizers:
     parse_regularizer(text)
   for text in cfg.estimator_options:
@@ -143,11 +161,15 @@ def parse_regularizer(text: str):
 
 
 def space_config(cfg: SearchConfig, num_classes: int) -> dict:
-  """The keyword arguments of the space's module for ``cfg``."""
+  """The keyword arguments of the space's module for ``cfg`` (``remat`` only when not "none")."""
+  extra = {"remat": cfg.remat} if cfg.remat != "none" else {}
   if cfg.space == "nb201":
-    return dict(channels=cfg.channels, cells_per_stage=cfg.cells, num_classes=num_classes)
+    return dict(channels=cfg.channels, cells_per_stage=cfg.cells, num_classes=num_classes,
+                **extra)
+  if cfg.cell_sharing is not None:
+    extra["cell_sharing"] = cfg.cell_sharing
   return dict(channels=cfg.channels, num_cells=cfg.cells, num_classes=num_classes,
-              depthwise=cfg.depthwise)
+              depthwise=cfg.depthwise, **extra)
 
 
 def compose_recipe(recipe, cfg: SearchConfig):
@@ -194,8 +216,12 @@ def build(cfg: SearchConfig, num_classes: int, *, recipe=None):
   from jaxnas import methods, spaces
   recipe = methods.get(cfg.method) if recipe is None else recipe
   recipe = compose_recipe(recipe, cfg)
-  model = spaces.get(cfg.space, **space_config(cfg, num_classes),
-                     **methods.options(recipe.space_options))
+  space_options = methods.options(recipe.space_options)
+  if "cell_sharing" in space_options and cfg.space != "darts":
+    raise JaxnasError(f"method {recipe.name!r} searches one set of alphas per cell, an option of "
+                      f"the darts space; add --space darts")
+  # The command line's settings win over the recipe's (e.g. --cell-sharing type with d-darts).
+  model = spaces.get(cfg.space, **{**space_options, **space_config(cfg, num_classes)})
   return model, recipe
 
 
@@ -282,38 +308,36 @@ def _jsonable(tree) -> dict:
   return {k: (v.item() if hasattr(v, "item") else v) for k, v in tree.items()}
 
 
-def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
-  """Runs the search ``cfg`` describes and returns its run directory.
+class Plan(NamedTuple):
+  """What :func:`prepare` works out from a config before anything is written or compiled."""
 
-  If the recipe has a stopping rule (:mod:`jaxnas.stopping`), it is evaluated on the host at the
-  end of every epoch but the last, on the genotype derived from the current deterministic mixing
-  weights (``relaxation(alphas, None)``) with the recipe's derivation rule. When it fires, the
-  search stops after that epoch, prints one line saying so, and ``summary.json`` records
-  ``stopped_at_epoch`` (1-based; null when the search ran to the end). A rule that returns an
-  epoch number instead of True (R-DARTS' early stop) makes the run return that epoch's alphas and
-  genotype (``returned_epoch``; the last alphas are kept in ``alphas-final.npz``). A rule that reads
-  the Hessian eigenvalue (``needs_metrics``) turns its logging on, every 2 epochs as R-DARTS
-  unless ``cfg.eigen_every`` says otherwise; epochs without a fresh value record NaN.
+  cfg: SearchConfig  # resolved: per-space defaults filled in
+  dataset: Any
+  model: Any
+  recipe: Any  # with the command line's pieces applied
+  steps_per_epoch: int
+  total_steps: int
+  epochs: int
+  rule: str  # the derivation rule
+  stop_rule: Any  # the stopping rule's function, or None
+  eigen_every: int  # log the Hessian eigenvalue every this many steps (0: never)
+  num_params: int
 
-  ``cfg.save_trajectory = N`` saves a snapshot (weights, statistics, alphas) every N steps and at
-  the end under ``trajectory/`` for ``jaxnas study hypergrad --run``.
 
-  Args:
-    cfg: the search.
-    stdout: where the progress lines go (default ``sys.stdout``).
-    recipe: a :class:`jaxnas.methods.Recipe` to use instead of the registered ``cfg.method``
-      (``cfg.method`` becomes its name); ``config.json`` records it in full.
+def prepare(cfg: SearchConfig, *, recipe=None) -> Plan:
+  """Validates ``cfg``, loads the data and builds the supernet and recipe: a run's :class:`Plan`.
+
+  Shared by :func:`run_search` and :func:`jaxnas.seeds.run_seeds`.
 
   Raises:
-    JaxnasError: for a config that cannot work, before anything is written.
+    JaxnasError: for a config that cannot work (nothing has been written yet).
   """
-  stdout = stdout or sys.stdout
   if recipe is not None:
     cfg = dataclasses.replace(cfg, method=recipe.name)
   validate(cfg, recipe=recipe)
   cfg = cfg.resolved()
   validate(cfg, recipe=recipe)
-  from jaxnas import data, derive, search, stopping
+  from jaxnas import data, search, stopping
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
   for n, part in ((len(dataset.train_x), "search-train"), (len(dataset.val_x), "search-val")):
     data.validate_batch_size(n, cfg.batch_size, f"{part} images of {dataset.name}")
@@ -338,23 +362,246 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
                       f"{recipe.estimator!r}" + (" and the Hessian eigenvalue" if eigen_every else "")
                       + " need forward-over-reverse products; use --depthwise lax or taps")
   num_params = count_params(model, dataset.image_shape)
+  from jaxnas import parallel
+  parallel.check_batch_size(cfg.batch_size, parallel.make_mesh(cfg.devices))
+  return Plan(cfg, dataset, model, recipe, spe, total_steps, epochs, rule, stop_rule, eigen_every,
+              num_params)
 
-  run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
+
+def write_config(run_dir: pathlib.Path, plan: Plan, **extra) -> dict:
+  """Writes ``run_dir/config.json``: everything needed to repeat the run, and ``extra``."""
+  cfg, dataset = plan.cfg, plan.dataset
   config = {
       "config": dataclasses.asdict(cfg),
-      "recipe": dataclasses.asdict(recipe),
+      "recipe": dataclasses.asdict(plan.recipe),
       "space_config": space_config(cfg, dataset.num_classes),
-      "num_params": num_params,
+      "num_params": plan.num_params,
       "dataset": {"name": dataset.name, "image_shape": list(dataset.image_shape),
                   "num_classes": dataset.num_classes, "search_train": len(dataset.train_x),
                   "search_val": len(dataset.val_x), "test": len(dataset.test_x)},
-      "steps_per_epoch": spe, "total_steps": total_steps, "epochs": epochs,
-      "eigen_every": eigen_every,
+      "steps_per_epoch": plan.steps_per_epoch, "total_steps": plan.total_steps,
+      "epochs": plan.epochs, "eigen_every": plan.eigen_every,
       "versions": _versions(),
       "command": sys.argv,
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
+      **extra,
   }
   (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+  return config
+
+
+def derive_genotype(plan: Plan, relaxation, alphas):
+  """``(genotype, mixing, error)`` of ``alphas`` by the plan's rule on ``relaxation(alphas, None)``.
+
+  A rule that finds nothing to keep (FairDARTS' threshold early in a search) is reported in
+  ``error``, not raised: the run's other results stay.
+  """
+  import jax
+  from jaxnas import derive
+  mixing = jax.device_get(relaxation(alphas, None))
+  mixing = {k: np.asarray(v) for k, v in mixing.items()}
+  try:
+    return derive.derive(plan.rule, mixing, plan.model.op_names), mixing, None
+  except JaxnasError as e:
+    return None, mixing, str(e)
+
+
+def write_results(run_dir: pathlib.Path, plan: Plan, relaxation, state, alphas, **extra):
+  """Writes a finished run's ``alphas.npz``, ``genotype.json`` and ``summary.json``.
+
+  The supernet is evaluated (running statistics) on the whole search-val part with ``state``'s
+  weights and statistics; ``alphas`` (the returned ones) are derived by the plan's rule. ``extra``
+  (timings, steps, ...) joins the summary. Returns ``(summary, genotype or None)``.
+  """
+  from jaxnas import derive, search
+  np.savez(run_dir / "alphas.npz", **{k: np.asarray(v) for k, v in alphas.items()})
+  genotype, _, derive_error = derive_genotype(plan, relaxation, alphas)
+  if genotype is not None:
+    genotype.save(run_dir)
+  val_loss, val_acc = search.evaluate(plan.model, relaxation, state, plan.dataset.val_x,
+                                      plan.dataset.val_y)
+  summary = {"supernet_val_accuracy": val_acc, "supernet_val_loss": val_loss,
+             "derivation_rule": plan.rule,
+             "genotype": None if genotype is None else genotype.to_dict(),
+             "derivation_error": derive_error, **extra}
+  if genotype is not None and genotype.space == "nb201":
+    summary["nb201_arch"] = derive.nb201_arch_string(genotype)
+  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  return summary, genotype
+
+
+# ------------------------------------------------------------------------------------------------
+# Resuming (issue 7): the config from config.json, the loop position in each checkpoint.
+
+_RESUME_OVERRIDES = ("out", "checkpoint_every", "keep", "dry_run")  # may differ on --resume
+
+
+def _tuples(value):
+  """JSON lists back to the tuples a frozen config or recipe holds (recursively)."""
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _recipe_from_dict(fields: dict):
+  """The :class:`jaxnas.methods.Recipe` that ``dataclasses.asdict`` turned into ``fields``."""
+  from jaxnas import methods
+  nested = {"weight_optimizer": lambda d: methods.WeightOptimizer(**d),
+            "arch_optimizer": lambda d: methods.ArchOptimizer(**d),
+            "regularizers": lambda rs: tuple(methods.Regularizer(**r) for r in rs)}
+  kwargs = {}
+  for f in dataclasses.fields(methods.Recipe):
+    if f.name in fields:
+      value = fields[f.name]
+      kwargs[f.name] = nested[f.name](value) if f.name in nested else _tuples(value)
+  return methods.Recipe(**kwargs)
+
+
+def resume_config(run_dir) -> tuple:
+  """``(cfg, recipe)`` of the search that wrote ``run_dir/config.json``, to resume it.
+
+  ``cfg.out`` is ``run_dir`` and ``cfg.dry_run`` False (a dry run's directory resumes into a real
+  run); the recipe is the composed one the run used, rebuilt exactly (checked by writing it back).
+
+  Raises:
+    JaxnasError: if ``run_dir`` has no readable jaxnas ``config.json``.
+  """
+  path = pathlib.Path(run_dir) / "config.json"
+  if not path.is_file():
+    raise JaxnasError(f"{path} not found; --resume needs --out RUN_DIR of an earlier "
+                      "'jaxnas search'")
+  try:
+    config = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    cfg = SearchConfig(**{k: _tuples(v) for k, v in config["config"].items() if k in known})
+    recipe = _recipe_from_dict(config["recipe"])
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    raise JaxnasError(f"{path} is not a jaxnas search config.json ({type(e).__name__}: {e}); "
+                      "cannot resume") from None
+  if json.dumps(dataclasses.asdict(recipe), default=str) != json.dumps(config["recipe"],
+                                                                       default=str):
+    raise JaxnasError(f"{path}: its recipe cannot be rebuilt exactly by this jaxnas version; "
+                      "cannot resume")
+  return dataclasses.replace(cfg, out=str(run_dir), dry_run=False), recipe
+
+
+def check_resume_flags(cfg: SearchConfig, given: SearchConfig, defaults: SearchConfig) -> None:
+  """Raises a one-line error if ``given`` (the command line) sets a field unlike ``cfg`` (the run's).
+
+  A field counts as set when it differs from ``defaults`` (the command line's own defaults);
+  ``--out``, ``--checkpoint-every`` and ``--keep`` may change on resume, nothing else may.
+  """
+  for f in dataclasses.fields(SearchConfig):
+    if f.name in _RESUME_OVERRIDES:
+      continue
+    value = getattr(given, f.name)
+    if value != getattr(defaults, f.name) and value != getattr(cfg, f.name):
+      flag = {"add_regularizers": "--add-regularizer", "estimator_options": "--estimator-option"
+              }.get(f.name, "--" + f.name.replace("_", "-"))
+      raise JaxnasError(f"{flag} {value!r} conflicts with the run's config.json "
+                        f"({f.name} = {getattr(cfg, f.name)!r}); --resume takes the "
+                        f"configuration from there: leave {flag} out")
+
+
+def _position(step, history, stopped_at, steps_done, returned_epoch, last_eigen, last_eigen_step,
+              elapsed) -> dict:
+  """The loop position a search checkpoint records (batches are a pure function of the step)."""
+  records = [dict(epoch=r.epoch, genotype=r.genotype.to_dict(), mixing=r.mixing,
+                  metrics=r.metrics, alphas=r.alphas) for r in history]
+  return {"step": step, "data_step": step, "history": records, "stopped_at": stopped_at,
+          "steps_done": steps_done, "returned_epoch": returned_epoch, "last_eigen": last_eigen,
+          "last_eigen_step": last_eigen_step, "elapsed_s": elapsed}
+
+
+def _unpack_position(position: dict) -> tuple:
+  """The inverse of :func:`_position`: ``(history, stopped_at, steps_done, returned_epoch,
+  last_eigen, last_eigen_step, elapsed)``."""
+  from jaxnas import derive, stopping
+  history = [stopping.EpochRecord(epoch=r["epoch"], genotype=derive.Genotype.from_dict(r["genotype"]),
+                                  mixing=r["mixing"], metrics=r["metrics"], alphas=r["alphas"])
+             for r in position["history"]]
+  return (history, position["stopped_at"], position["steps_done"], position["returned_epoch"],
+          position["last_eigen"], position["last_eigen_step"], position["elapsed_s"])
+
+
+def _truncate_metrics(path: pathlib.Path, step: int) -> None:
+  """Keeps the lines of ``metrics.jsonl`` up to ``step`` (those after it are redone on resume).
+
+  A line cut short by a kill is dropped. The file is replaced atomically.
+  """
+  if not path.exists():
+    return
+  kept = []
+  for line in path.read_text().splitlines():
+    try:
+      if json.loads(line)["step"] <= step:
+        kept.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text("".join(line + "\n" for line in kept))
+  os.replace(partial, path)
+
+
+def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = False
+               ) -> pathlib.Path:
+  """Runs the search ``cfg`` describes and returns its run directory.
+
+  If the recipe has a stopping rule (:mod:`jaxnas.stopping`), it is evaluated on the host at the
+  end of every epoch but the last, on the genotype derived from the current deterministic mixing
+  weights (``relaxation(alphas, None)``) with the recipe's derivation rule. When it fires, the
+  search stops after that epoch, prints one line saying so, and ``summary.json`` records
+  ``stopped_at_epoch`` (1-based; null when the search ran to the end). A rule that returns an
+  epoch number instead of True (R-DARTS' early stop) makes the run return that epoch's alphas and
+  genotype (``returned_epoch``; the last alphas are kept in ``alphas-final.npz``). A rule that reads
+  the Hessian eigenvalue (``needs_metrics``) turns its logging on, every 2 epochs as R-DARTS
+  unless ``cfg.eigen_every`` says otherwise; epochs without a fresh value record NaN.
+
+  ``cfg.save_trajectory = N`` saves a snapshot (weights, statistics, alphas) every N steps and at
+  the end under ``trajectory/`` for ``jaxnas study hypergrad --run``.
+
+  Checkpoints (:mod:`jaxnas.checkpoint`) go to ``checkpoints/`` every ``cfg.checkpoint_every``
+  steps (default: each epoch; 0: only the last) and after the last step, the newest ``cfg.keep``
+  kept. Each holds the whole :class:`~jaxnas.search.SearchState` (weights, statistics, alphas, both
+  optimiser states, step, PRNG key) and the loop position: the step (the data order is a pure
+  function of seed and step, :func:`jaxnas.data.batch_at`), the stopping rule's history and the
+  last Hessian eigenvalue. ``resume=True`` continues the run in ``cfg.out`` from its newest
+  checkpoint (from step 0 if it has none): ``metrics.jsonl`` is cut back to that step and appended
+  to, so a run killed at any point and resumed ends with the same numbers, bit for bit on one
+  machine, as one never interrupted. Use :func:`resume_config` for ``cfg`` and ``recipe``.
+
+  Every step reports whether its losses, gradients and new parameters are finite
+  (:func:`jaxnas.search.nonfinite_mask`); the first step that is not ends the run with one line
+  naming the step, the quantity and the last good checkpoint, which stays as it was.
+
+  Scalars of every logged step also go to a TensorBoard events file in the run directory
+  (:mod:`jaxnas.tb`).
+
+  Args:
+    cfg: the search.
+    stdout: where the progress lines go (default ``sys.stdout``).
+    recipe: a :class:`jaxnas.methods.Recipe` to use instead of the registered ``cfg.method``
+      (``cfg.method`` becomes its name); ``config.json`` records it in full.
+    resume: continue the run in the existing directory ``cfg.out`` (see above).
+
+  Raises:
+    JaxnasError: for a config that cannot work, before anything is written; when resuming, for a
+      finished run or a checkpoint that cannot be restored, before anything is changed; for a
+      step that is not finite.
+  """
+  stdout = stdout or sys.stdout
+  plan = prepare(cfg, recipe=recipe)
+  (cfg, dataset, model, recipe, spe, total_steps, epochs, rule, stop_rule, eigen_every,
+   num_params) = plan
+  from jaxnas import data, derive, search, stopping
+
+  if resume:
+    if not cfg.out:
+      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+    run_dir = pathlib.Path(cfg.out)
+    if (run_dir / "summary.json").exists():
+      raise JaxnasError(f"{run_dir} holds a finished search (summary.json); nothing to resume")
+  else:
+    run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
+    write_config(run_dir, plan)
   print(f"run directory: {run_dir}", file=stdout)
   print(f"{cfg.space} supernet, {num_params:,} weights; method {recipe.name} "
         f"(estimator {recipe.estimator}); {total_steps} steps of batch {cfg.batch_size} "
@@ -363,75 +610,112 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
     return run_dir
 
   import jax
+  from jaxnas import parallel
+  # One code path for 1 and N devices: state replicated, batch split (jaxnas.parallel).
+  mesh = parallel.make_mesh(cfg.devices)
+  rows = parallel.process_rows(cfg.batch_size, mesh)
   state = search.init_search_state(model, recipe, jax.random.key(cfg.seed), dataset.image_shape,
                                    steps_per_epoch=spe, epochs=epochs)
-  step_fn = search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
-                                    eigen_every=eigen_every)
+  from jaxnas import checkpoint, tb
+  ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep)
+  start, position = 0, None
+  if resume and ckpts.latest_step() is not None:
+    state, position = ckpts.restore(state)
+    start = int(position["step"])
+    if start > total_steps:
+      raise JaxnasError(f"checkpoint {ckpts.path(start)} is at step {start}, past the run's "
+                        f"{total_steps} steps; it belongs to another run")
+  if resume:
+    print(f"resuming from step {start}" + (f" ({ckpts.path(start)})" if position else
+                                           " (no checkpoint yet)"), file=stdout, flush=True)
+  checkpoint_every = spe if cfg.checkpoint_every is None else cfg.checkpoint_every
+  state = parallel.replicate(state, mesh)
+  step_fn = parallel.jit_step(
+      search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
+                              eigen_every=eigen_every, jit=False), mesh)
   relaxation = search.make_relaxation(recipe, model.op_names)
 
   def derive_now(alphas):
-    """``(genotype, mixing, error)``: a rule that finds nothing to keep (FairDARTS' threshold
-    early in a search) is reported, not fatal: the run's other results stay."""
-    mixing = jax.device_get(relaxation(alphas, None))
-    mixing = {k: np.asarray(v) for k, v in mixing.items()}
-    try:
-      return derive.derive(rule, mixing, model.op_names), mixing, None
-    except JaxnasError as e:
-      return None, mixing, str(e)
+    return derive_genotype(plan, relaxation, alphas)
 
   if cfg.save_trajectory:
     from jaxnas import trajectory
   history, stopped_at, steps_done, returned_epoch = [], None, total_steps, None
   last_eigen, last_eigen_step = math.nan, None
-  t0 = time.perf_counter()
+  elapsed = 0.0
+  if position is not None:
+    (history, stopped_at, steps_done, returned_epoch, last_eigen, last_eigen_step,
+     elapsed) = _unpack_position(position)
+  if resume:
+    _truncate_metrics(run_dir / "metrics.jsonl", start)
+  t_start = time.perf_counter()
+  t0 = t_start - elapsed
   progress = _Progress(total_steps, spe)
+  writer = tb.ScalarWriter(run_dir, purge_step=start + 1 if resume else None)
   compile_s = None
-  with open(run_dir / "metrics.jsonl", "w") as log:
+  end = total_steps if stopped_at is None else start  # a checkpoint of a stopped run: no steps
+  with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
     try:
-      for i in range(total_steps):
-        train_batch, val_batch = data.search_batches(dataset, cfg.batch_size, seed=cfg.seed,
-                                                     step=i)
+      for i in range(start, end):
+        train_batch, val_batch = (
+            parallel.shard_batch({k: v[rows] for k, v in b.items()}, mesh)
+            for b in data.search_batches(dataset, cfg.batch_size, seed=cfg.seed, step=i))
         state, metrics = step_fn(state, train_batch, val_batch)
         if compile_s is None:
           jax.block_until_ready(state)
-          compile_s = time.perf_counter() - t0
+          compile_s = time.perf_counter() - t_start
         step = i + 1
+        bad = int(jax.device_get(metrics["nonfinite"]))
+        if bad:
+          m = _jsonable(jax.device_get(metrics))
+          m.update(step=step, epoch=math.ceil(step / spe),
+                   time_s=round(time.perf_counter() - t0, 3))
+          log.write(json.dumps(m) + "\n")
+          last = ckpts.latest_step()
+          raise JaxnasError(f"step {step}: {search.describe_nonfinite(bad, m)} (last good "
+                            f"checkpoint: {'none' if last is None else ckpts.path(last)}); the "
+                            "search diverged: lower the learning rate or check the data")
         if cfg.save_trajectory and (step % cfg.save_trajectory == 0 or step == total_steps):
           trajectory.save_snapshot(run_dir, step, state)
         if eigen_every and step % eigen_every == 0:
           last_eigen, last_eigen_step = float(jax.device_get(metrics["hessian_eigenvalue"])), step
         if step % cfg.log_every == 0 or step == total_steps:
           m = _jsonable(jax.device_get(metrics))
-          bad = [k for k in ("train_loss", "val_loss", "weight_grad_norm", "alpha_grad_norm")
-                 if k in m and not math.isfinite(m[k])]
           m.update(step=step, epoch=math.ceil(step / spe),
                    time_s=round(time.perf_counter() - t0, 3))
           log.write(json.dumps(m) + "\n")
           log.flush()
-          if bad:
-            raise JaxnasError(f"step {step}: {bad[0]} is {m[bad[0]]}; the search diverged "
-                              f"(lower the learning rate or check the data); metrics so far are "
-                              f"in {run_dir / 'metrics.jsonl'}")
+          writer.scalars(step, m)
           progress.update(step, m)
         if stop_rule is not None and step % spe == 0 and step < total_steps:
           alphas_now = jax.device_get(state.alphas)
           genotype, mixing, derive_error = derive_now(alphas_now)
-          if derive_error is not None:  # nothing derivable yet: the rule waits for an epoch
-            continue
-          epoch_metrics = _jsonable(jax.device_get(metrics))
-          if eigen_every:  # the value computed at this epoch's end, else missing (NaN)
-            epoch_metrics["hessian_eigenvalue"] = last_eigen if last_eigen_step == step else math.nan
-          history.append(stopping.EpochRecord(
-              epoch=step // spe, genotype=genotype, mixing=mixing, metrics=epoch_metrics,
-              alphas={k: np.asarray(v) for k, v in alphas_now.items()}))
-          chosen = stopping.stop_epoch(stop_rule(genotype, tuple(history)), tuple(history))
-          if chosen is not None:
-            stopped_at, steps_done = step // spe, step
-            if chosen != stopped_at:
-              returned_epoch = chosen
-            break
+          if derive_error is None:  # else nothing derivable yet: the rule waits for an epoch
+            epoch_metrics = _jsonable(jax.device_get(metrics))
+            if eigen_every:  # the value computed at this epoch's end, else missing (NaN)
+              epoch_metrics["hessian_eigenvalue"] = (last_eigen if last_eigen_step == step
+                                                     else math.nan)
+            history.append(stopping.EpochRecord(
+                epoch=step // spe, genotype=genotype, mixing=mixing, metrics=epoch_metrics,
+                alphas={k: np.asarray(v) for k, v in alphas_now.items()}))
+            chosen = stopping.stop_epoch(stop_rule(genotype, tuple(history)), tuple(history))
+            if chosen is not None:
+              stopped_at, steps_done = step // spe, step
+              if chosen != stopped_at:
+                returned_epoch = chosen
+        if (stopped_at is not None or step == total_steps
+            or (checkpoint_every and step % checkpoint_every == 0)):
+          log.flush()
+          ckpts.save(step, state, _position(step, history, stopped_at, steps_done, returned_epoch,
+                                            last_eigen, last_eigen_step,
+                                            time.perf_counter() - t0))
+        if stopped_at is not None:
+          break
     finally:
       progress.close()
+      writer.close()
+      ckpts.close()
+  compile_s = 0.0 if compile_s is None else compile_s  # None: a resumed run had no step left
   search_s = time.perf_counter() - t0
   if stopped_at is not None:
     print(f"stopped after epoch {stopped_at} of {epochs}: stopping rule {recipe.stopping!r} fired "
@@ -443,22 +727,13 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None) -> pathlib.Path:
     alphas = history[returned_epoch - 1].alphas
     print(f"returning the alphas and genotype of epoch {returned_epoch} (the rule's choice); the "
           f"last alphas are in alphas-final.npz", file=stdout, flush=True)
-  np.savez(run_dir / "alphas.npz", **{k: np.asarray(v) for k, v in alphas.items()})
-  genotype, _, derive_error = derive_now(alphas)
-  if genotype is not None:
-    genotype.save(run_dir)
   if returned_epoch is not None:
     state = state._replace(alphas=jax.device_put(alphas))
-  val_loss, val_acc = search.evaluate(model, relaxation, state, dataset.val_x, dataset.val_y)
-  summary = {"supernet_val_accuracy": val_acc, "supernet_val_loss": val_loss,
-             "derivation_rule": rule,
-             "genotype": None if genotype is None else genotype.to_dict(),
-             "derivation_error": derive_error,
-             "first_step_s": compile_s, "search_s": search_s, "steps": steps_done,
-             "stopped_at_epoch": stopped_at, "returned_epoch": returned_epoch}
-  if genotype is not None and genotype.space == "nb201":
-    summary["nb201_arch"] = derive.nb201_arch_string(genotype)
-  (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  summary, genotype = write_results(run_dir, plan, relaxation, state, alphas,
+                                    first_step_s=compile_s, search_s=search_s, steps=steps_done,
+                                    stopped_at_epoch=stopped_at, returned_epoch=returned_epoch)
+  derive_error = summary["derivation_error"]
+  val_loss, val_acc = summary["supernet_val_loss"], summary["supernet_val_accuracy"]
   if genotype is None:
     print(f"no genotype: {derive_error} (alphas.npz is written; 'jaxnas derive RUN_DIR --rule "
           "NAME' derives with another rule)", file=stdout)

@@ -31,7 +31,8 @@ from jaxnas.methods import ArchOptimizer, Recipe, WeightOptimizer, options
 __all__ = ["SearchState", "make_optimizers", "make_inner_optimizer", "make_losses",
            "make_mixing_loss", "make_relaxation", "make_search_step", "init_search_state",
            "init_variables", "epoch_cosine_schedule", "cross_entropy", "mixing_entropy",
-           "evaluate", "check_recipe"]
+           "evaluate", "check_recipe", "nonfinite_mask", "describe_nonfinite",
+           "NONFINITE_QUANTITIES"]
 
 
 class SearchState(NamedTuple):
@@ -190,6 +191,51 @@ def _global_norm(tree):
   return optax.tree.norm(tree)
 
 
+# What the step's ``nonfinite`` bit mask flags, bit i for entry i: (metric or state field, words).
+NONFINITE_QUANTITIES = (("val_loss", "validation loss"), ("alpha_grad_norm", "arch gradient"),
+                        ("train_loss", "training loss"), ("weight_grad_norm", "weight gradient"),
+                        ("alphas", "alphas"), ("weights", "weights"))
+
+
+def nonfinite_mask(metrics, weights, alphas):
+  r"""A bit mask of the step's quantities that are not finite: 0 when all are.
+
+  .. math:: m = \sum_i 2^i \, [\lnot \mathrm{isfinite}(q_i)]
+
+  with :math:`q_i` the i-th entry of :data:`NONFINITE_QUANTITIES`: the validation and training
+  losses, the norms of the architecture and weight gradients (a norm is finite exactly when every
+  entry of its gradient is, up to overflow of the sum of squares), and all entries of the updated
+  alphas and weights. A few ``isfinite`` reductions inside the jitted step, so the loop can stop at
+  the first step that diverged without reading the state back (:func:`describe_nonfinite`).
+  """
+  state = {"alphas": alphas, "weights": weights}
+  mask = jnp.zeros((), jnp.int32)
+  for bit, (name, _) in enumerate(NONFINITE_QUANTITIES):
+    if name in state:
+      ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state[name])]))
+    elif name in metrics:
+      ok = jnp.isfinite(metrics[name])
+    else:
+      continue
+    mask = mask | jnp.where(ok, 0, 1 << bit).astype(jnp.int32)
+  return mask
+
+
+def describe_nonfinite(mask: int, metrics: dict) -> str:
+  """The first quantity flagged in ``mask`` (:func:`nonfinite_mask`) in words, e.g.
+  ``"arch gradient is NaN"``; ``metrics`` (host values) tell NaN from Inf where they can."""
+  for bit, (name, words) in enumerate(NONFINITE_QUANTITIES):
+    if not int(mask) >> bit & 1:
+      continue
+    value = metrics.get(name)
+    if isinstance(value, float) and math.isnan(value):
+      return f"{words} is NaN"
+    if isinstance(value, float) and math.isinf(value):
+      return f"{words} is {'-' if value < 0 else ''}Inf"
+    return f"{words} {'are' if words.endswith('s') else 'is'} not finite"
+  return "no quantity is non-finite"
+
+
 _EPSILON_OPTIONS = ("epsilon_start", "epsilon_end")
 _RESERVED_PERTURBATION_OPTIONS = ("weights", "key", "epsilon", "loss_fn")
 
@@ -329,8 +375,14 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
   def epoch_of(step):
     return jnp.minimum(step // steps_per_epoch, epochs).astype(jnp.result_type(float))
 
-  def regularize_grad(g_alpha, loss, weights, alphas, train_batch, val_batch, key, step):
-    """``g_alpha + ∇_α Σ λ_t R`` and the regularisers' metrics."""
+  def regularize_grad(g_alpha, loss, weights, alphas, train_batch, val_batch, key, step,
+                      relaxation=None, batch_stats=None):
+    """``g_alpha + ∇_α Σ λ_t R`` and the regularisers' metrics.
+
+    Loss-based regularisers that take ``mixing_loss`` and ``relaxation`` (D-DARTS' ablation loss,
+    which evaluates the network at mixing weights of its own) get the step's
+    :func:`make_mixing_loss` and relaxation.
+    """
     lams = [regularize.scheduled_weight(r, epoch_of(step), epochs) for r, _ in regs]
     progress = epoch_of(step) / epochs
 
@@ -338,6 +390,8 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
       values = []
       for r, fn in regs:
         if regularize.is_loss_regularizer(r.name):
+          if relaxation is not None:
+            fn = _bind(fn, mixing_loss=make_mixing_loss(model, batch_stats), relaxation=relaxation)
           values.append(fn(loss, loss, weights, a, train_batch, val_batch, key))
         else:
           values.append(_bind(fn, op_names=op_names, progress=progress)(a))
@@ -366,7 +420,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     reg_metrics = {}
     if regs:
       g_alpha, reg_metrics = regularize_grad(g_alpha, loss, weights, state.alphas, train_batch,
-                                             val_batch, key, state.step)
+                                             val_batch, key, state.step, relaxation, batch_stats)
     with _optax_promotion():
       updates, a_opt_state = a_tx.update(g_alpha, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, updates)
@@ -512,6 +566,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
                                               val_batch, k_arch, lr)
     mixing = relaxation(alphas, k_arch)
     metrics = {**m_w, **m_a, "lr": lr, "mixing_entropy": mixing_entropy(mixing)}
+    metrics["nonfinite"] = nonfinite_mask(metrics, weights, alphas)
     if eigen_every:
       k_eigen = jax.random.fold_in(step_key, 3)
       due = (state.step + 1) % eigen_every == 0
