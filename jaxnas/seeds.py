@@ -1,0 +1,250 @@
+"""Several seeds of one search in one compiled program: the search step vmapped over seeds.
+
+A search is a pure function of its seed: the seed fixes the initial alphas and weights (through
+``jax.random.key(seed)``), the per-step keys and the order of the data
+(:func:`jaxnas.data.search_batches`). With the states of N seeds stacked along a leading axis
+(:func:`init_seed_states`) and their batches stacked the same way (:func:`seed_batches`),
+
+    step_N(states, train_batches, val_batches) = vmap(step)(states, train_batches, val_batches)
+
+advances all N searches at once, and seed i's slice equals the single search run with seed i (to
+floating-point summation order; tested). ``jaxnas search --seeds N`` (:func:`run_seeds`) runs seeds
+``seed .. seed+N-1`` this way and writes one run directory per seed plus a summary.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import json
+import math
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxnas import search
+from jaxnas.errors import JaxnasError
+
+__all__ = ["stack", "unstack", "init_seed_states", "make_seeds_step", "seed_batches",
+           "summarize", "run_seeds"]
+
+
+def stack(trees):
+  """One pytree whose leaves are the given pytrees' leaves stacked along a new axis 0."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree, i: int):
+  """Slice ``i`` of a stacked pytree."""
+  return jax.tree.map(lambda x: x[i], tree)
+
+
+def init_seed_states(model, recipe, seeds, image_shape, *, steps_per_epoch: int,
+                     epochs: int) -> search.SearchState:
+  """The :class:`~jaxnas.search.SearchState` of each seed, stacked along axis 0.
+
+  Seed ``s``'s slice is ``init_search_state(model, recipe, jax.random.key(s), ...)``, exactly the
+  state a single search with seed ``s`` starts from.
+  """
+  return stack([search.init_search_state(model, recipe, jax.random.key(s), image_shape,
+                                         steps_per_epoch=steps_per_epoch, epochs=epochs)
+                for s in seeds])
+
+
+def make_seeds_step(model, recipe, *, steps_per_epoch: int, epochs: int, jit: bool = True,
+                    **options):
+  """``step(states, train_batches, val_batches) -> (states, metrics)`` over stacked seeds.
+
+  ``jax.vmap`` of :func:`jaxnas.search.make_search_step`'s step (``options`` go to it) with every
+  argument and output batched on axis 0: metrics come back with one entry per seed. Jitted with
+  the states donated unless ``jit=False`` (then it can be jitted with shardings by
+  :func:`jaxnas.parallel.jit_step`, batch axis 1).
+
+  Raises:
+    JaxnasError: with ``eigen_every``: under vmap its ``lax.cond`` becomes a select that would
+      compute the eigenvalue at every step.
+  """
+  if options.get("eigen_every"):
+    raise JaxnasError("the Hessian eigenvalue (--eigen-every, or a stopping rule that reads it) "
+                      "is not available with --seeds; run the seeds one at a time")
+  step = search.make_search_step(model, recipe, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                 jit=False, **options)
+  vstep = jax.vmap(step)
+  return jax.jit(vstep, donate_argnums=0) if jit else vstep
+
+
+def seed_batches(dataset, batch_size: int, seeds, step: int):
+  """The search-train and search-val batches of ``step`` for each seed, stacked along axis 0.
+
+  Seed ``s``'s slice is ``data.search_batches(dataset, batch_size, seed=s, step=step)``.
+  """
+  from jaxnas import data
+  pairs = [data.search_batches(dataset, batch_size, seed=s, step=step) for s in seeds]
+  return tuple({k: np.stack([p[j][k] for p in pairs]) for k in pairs[0][j]} for j in (0, 1))
+
+
+def _edges_chosen(genotype, cell: str):
+  """``((to_state, from_state), op)`` for each gene of ``cell`` in a genotype dict (or None)."""
+  from jaxnas import derive
+  if not genotype:
+    return []
+  genes = genotype.get(cell) or []
+  if genotype.get("space") == "nb201":
+    return [(derive.NB201_EDGES[k], op) for k, (op, _) in enumerate(genes)]
+  if genes and len(genes[0]) == 3:  # FairDARTS triples (op, to_state, from_state)
+    return [((to, src), op) for op, to, src in genes]
+  return [((g // 2 + 2, src), op) for g, (op, src) in enumerate(genes)]
+
+
+def summarize(summaries: dict) -> dict:
+  """What the seeds agree on: genotypes side by side, op wins per edge, accuracy mean ± std.
+
+  Args:
+    summaries: ``{seed: summary}``, each a run's ``summary.json`` content.
+
+  Returns:
+    ``{"seeds", "genotypes", "op_wins", "val_accuracy_mean", "val_accuracy_std", ...}`` where
+    ``op_wins[cell][edge][op]`` counts the seeds whose genotype chose ``op`` on the edge
+    ``"to<-from"`` (states numbered as in the genotype: NAS-Bench-201 nodes 0..3; DARTS states
+    0, 1 the inputs and 2..5 the intermediate nodes, so an edge no seed kept is absent). The
+    standard deviation is the sample one (n − 1; 0 for a single seed).
+  """
+  seeds = sorted(summaries)
+  accs = [summaries[s]["supernet_val_accuracy"] for s in seeds]
+  wins = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
+  for s in seeds:
+    genotype = summaries[s].get("genotype")
+    for cell in ("normal", "reduce"):
+      for (to, src), op in _edges_chosen(genotype, cell):
+        wins[cell][f"{to}<-{src}"][op] += 1
+  return {
+      "seeds": seeds,
+      "genotypes": {str(s): summaries[s].get("nb201_arch") or summaries[s].get("genotype")
+                    for s in seeds},
+      "op_wins": {c: {e: dict(cnt) for e, cnt in sorted(edges.items())}
+                  for c, edges in wins.items()},
+      "val_accuracy": accs,
+      "val_accuracy_mean": statistics.fmean(accs),
+      "val_accuracy_std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+  }
+
+
+def _markdown(summary: dict) -> str:
+  lines = ["| seed | supernet val accuracy | genotype |", "|---|---|---|"]
+  for s, acc in zip(summary["seeds"], summary["val_accuracy"]):
+    lines.append(f"| {s} | {100 * acc:.2f}% | `{json.dumps(summary['genotypes'][str(s)])}` |")
+  lines += ["", f"mean ± std: {100 * summary['val_accuracy_mean']:.2f} ± "
+            f"{100 * summary['val_accuracy_std']:.2f}% over {len(summary['seeds'])} seeds", "",
+            "| cell | edge | op (seeds that chose it) |", "|---|---|---|"]
+  for cell, edges in summary["op_wins"].items():
+    for edge, ops in edges.items():
+      text = ", ".join(f"{op} ({n})" for op, n in sorted(ops.items(), key=lambda t: -t[1]))
+      lines.append(f"| {cell} | {edge} | {text} |")
+  return "\n".join(lines) + "\n"
+
+
+def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None) -> pathlib.Path:
+  """Runs seeds ``cfg.seed .. cfg.seed + num_seeds - 1`` of ``cfg`` as one vmapped program.
+
+  Writes ``OUT/seed-<s>/`` for each seed, a run directory as :func:`jaxnas.run.run_search` writes
+  it (``config.json``, ``metrics.jsonl``, ``alphas.npz``, ``genotype.json``, ``summary.json``), and
+  ``OUT/summary.json`` and ``OUT/summary.md`` (:func:`summarize`). Stopping rules, the Hessian
+  eigenvalue and trajectories are per-run host logic and are refused with ``--seeds``.
+
+  Raises:
+    JaxnasError: for a config that cannot work, before anything is written.
+  """
+  from jaxnas import data, parallel, run
+  stdout = stdout or sys.stdout
+  if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
+    raise JaxnasError(f"--seeds must be a whole number ≥ 1, got {num_seeds}")
+  plan = run.prepare(cfg, recipe=recipe)
+  cfg, dataset, model, recipe = plan.cfg, plan.dataset, plan.model, plan.recipe
+  for what, on in (("a stopping rule (--stopping none removes the recipe's)", plan.stop_rule),
+                   ("--eigen-every", plan.eigen_every), ("--save-trajectory", cfg.save_trajectory)):
+    if on:
+      raise JaxnasError(f"{what} is not available with --seeds; run the seeds one at a time")
+  mesh = parallel.make_mesh(getattr(cfg, "devices", None))
+  parallel.check_batch_size(cfg.batch_size, mesh)
+  seeds = list(range(cfg.seed, cfg.seed + num_seeds))
+  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+  root = pathlib.Path(cfg.out) if cfg.out else pathlib.Path("runs") / (
+      f"{cfg.method}-{cfg.space}-{cfg.dataset}-seeds{seeds[0]}-{seeds[-1]}-{stamp}")
+  root = run._make_run_dir(root)
+  dirs = {}
+  for s in seeds:
+    dirs[s] = root / f"seed-{s}"
+    dirs[s].mkdir()
+    run.write_config(dirs[s], plan._replace(cfg=dataclasses.replace(cfg, seed=s)),
+                     seeds={"seeds": seeds, "vmapped": True})
+  print(f"run directory: {root} ({num_seeds} seeds, one vmapped program)", file=stdout)
+  print(f"{cfg.space} supernet, {plan.num_params:,} weights; method {recipe.name} "
+        f"(estimator {recipe.estimator}); {plan.total_steps} steps of batch {cfg.batch_size}",
+        file=stdout, flush=True)
+  if cfg.dry_run:
+    return root
+
+  spe, epochs, total = plan.steps_per_epoch, plan.epochs, plan.total_steps
+  states = init_seed_states(model, recipe, seeds, dataset.image_shape, steps_per_epoch=spe,
+                            epochs=epochs)
+  states = parallel.replicate(states, mesh)
+  step_fn = parallel.jit_step(make_seeds_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
+                                              jit=False), mesh, batch_axis=1)
+  rows = parallel.process_rows(cfg.batch_size, mesh)
+  logs = {s: open(dirs[s] / "metrics.jsonl", "w") for s in seeds}
+  progress = run._Progress(total, spe)
+  t0, compile_s = time.perf_counter(), None
+  try:
+    for i in range(total):
+      train, val = seed_batches(dataset, cfg.batch_size, seeds, i)
+      train, val = ({k: v[:, rows] for k, v in b.items()} for b in (train, val))
+      states, metrics = step_fn(states, parallel.shard_batch(train, mesh, batch_axis=1),
+                                parallel.shard_batch(val, mesh, batch_axis=1))
+      if compile_s is None:
+        jax.block_until_ready(states)
+        compile_s = time.perf_counter() - t0
+      step = i + 1
+      if step % cfg.log_every == 0 or step == total:
+        m = parallel.to_host(metrics)
+        elapsed = round(time.perf_counter() - t0, 3)
+        for j, s in enumerate(seeds):
+          row = {k: v[j].item() for k, v in m.items()}
+          bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(row.get(k, 0.0))]
+          row.update(step=step, epoch=math.ceil(step / spe), time_s=elapsed)
+          logs[s].write(json.dumps(row) + "\n")
+          logs[s].flush()
+          if bad:
+            raise JaxnasError(f"seed {s}, step {step}: {bad[0]} is {row[bad[0]]}; the search "
+                              f"diverged (lower the learning rate or check the data)")
+        progress.update(step, {k: float(np.mean(v)) for k, v in m.items()})
+  finally:
+    progress.close()
+    for f in logs.values():
+      f.close()
+  search_s = time.perf_counter() - t0
+
+  relaxation = search.make_relaxation(recipe, model.op_names)
+  host_states = parallel.to_host(states._replace(key=jax.random.key_data(states.key)))
+  summaries = {}
+  for j, s in enumerate(seeds):
+    state = unstack(host_states, j)
+    state = jax.device_put(state._replace(key=jax.random.wrap_key_data(state.key)))
+    summaries[s], genotype = run.write_results(
+        dirs[s], plan, relaxation, state, state.alphas, first_step_s=compile_s,
+        search_s=search_s, steps=total, stopped_at_epoch=None, returned_epoch=None)
+    print(f"seed {s}: {100 * summaries[s]['supernet_val_accuracy']:.2f}% supernet val accuracy; "
+          f"genotype {genotype}", file=stdout)
+  summary = summarize(summaries)
+  summary.update(first_step_s=compile_s, search_s=search_s, steps=total)
+  (root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+  (root / "summary.md").write_text(_markdown(summary))
+  print(f"supernet validation accuracy {100 * summary['val_accuracy_mean']:.2f} ± "
+        f"{100 * summary['val_accuracy_std']:.2f}% over {num_seeds} seeds; {search_s:.1f} s, "
+        f"first step {compile_s:.1f} s; results in {root}", file=stdout, flush=True)
+  return root
