@@ -2,9 +2,33 @@
 
 Each entry is transcribed from the authors' public code (``owner/repo:path``, variable name in
 brackets) into a :class:`jaxnas.derive.Genotype`; none is re-derived or guessed. The figures in the
-comments are the published ones (CIFAR-10, C = 36, L = 20; quark0/darts-style counts leave the
-auxiliary head out); ``tests/test_evalnet.py`` checks that the parameter count of each genotype,
-worked out by a per-op formula, rounds to the published one.
+comments are published ones, as read in the named READMEs (CIFAR-10, C = 36, L = 20).
+
+Counted by :mod:`jaxnas.evalnet` (C = 36, L = 20, 10 classes; parameters without / with the
+auxiliary head; multiply-adds of convolutions and linear layers in one 32×32 forward pass), each
+equal to a per-op formula in ``tests/test_evalnet.py``:
+
+=============  ==========  ==========  ==========
+name           params      with aux    mult-adds
+=============  ==========  ==========  ==========
+DARTS_V1       3,169,414   3,645,840   501.0M
+DARTS_V2       3,349,342   3,825,768   528.4M
+PC_DARTS       3,634,678   4,111,104   556.7M
+PDARTS         3,433,798   3,910,224   532.2M
+SDARTS_RS      3,606,166   4,082,592   562.4M
+SDARTS_ADV     3,344,806   3,821,232   526.8M
+DRNAS          4,099,294   4,575,720   635.1M
+FAIRDARTS_A    2,360,782   2,837,208   371.5M
+FAIRDARTS_B    3,407,878   3,884,304   536.5M
+FAIRDARTS_C    2,598,814   3,075,240   400.0M
+FAIRDARTS_D    3,365,542   3,841,968   532.5M
+FAIRDARTS_E    2,643,742   3,120,168   414.7M
+FAIRDARTS_F    3,151,054   3,627,480   497.6M
+FAIRDARTS_G    2,899,054   3,375,480   453.4M
+=============  ==========  ==========  ==========
+
+DARTS_V2's 3,349,342 is quark0/darts' own count (``count_parameters_in_MB`` leaves the auxiliary
+head out); FairDARTS' README figures (thop) include the head for six of its seven cells.
 
 ``get(name)`` returns a genotype; ``NAMES`` lists them. DARTS-space genotypes list, node by node,
 each intermediate node's two ``(op, input state)`` pairs; FairDARTS' list ``(op, node, input)``
@@ -28,28 +52,27 @@ def _darts(normal, reduce) -> Genotype:
 
 GENOTYPES: dict[str, Genotype] = {
     # DARTS, first order (Liu et al., ICLR 2019); quark0/darts:cnn/genotypes.py [DARTS_V1].
-    # Published: 3.3M parameters.
     "DARTS_V1": _darts(
         normal=[("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 0), ("sep_conv_3x3", 1),
                 ("skip_connect", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("skip_connect", 2)],
         reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 0),
                 ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("avg_pool_3x3", 0)]),
     # DARTS, second order (Liu et al., ICLR 2019); quark0/darts:cnn/genotypes.py [DARTS_V2].
-    # Published: 3.3M parameters.
+    # quark0/darts README: 3.3M parameters. FairDARTS README: 3.36M, 522M FLOPs (thop).
     "DARTS_V2": _darts(
         normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
                 ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
         reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
                 ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)]),
     # PC-DARTS (Xu et al., ICLR 2020); yuhuixu1993/PC-DARTS:genotypes.py [PC_DARTS_cifar].
-    # Published: 3.6M parameters.
+    # PC-DARTS README: 3.6M parameters. FairDARTS README: 3.63M, 558M FLOPs (thop).
     "PC_DARTS": _darts(
         normal=[("sep_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 0), ("dil_conv_3x3", 1),
                 ("sep_conv_5x5", 0), ("sep_conv_3x3", 1), ("avg_pool_3x3", 0), ("dil_conv_3x3", 1)],
         reduce=[("sep_conv_5x5", 1), ("max_pool_3x3", 0), ("sep_conv_5x5", 1), ("sep_conv_5x5", 2),
                 ("sep_conv_3x3", 0), ("sep_conv_3x3", 3), ("sep_conv_3x3", 1), ("sep_conv_3x3", 2)]),
     # P-DARTS (Chen et al., ICCV 2019); chenxin061/pdarts:genotypes.py [PDARTS].
-    # Published: 3.4M parameters.
+    # FairDARTS README: 3.43M parameters, 532M FLOPs (thop).
     "PDARTS": _darts(
         normal=[("skip_connect", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("sep_conv_3x3", 1),
                 ("sep_conv_3x3", 1), ("sep_conv_3x3", 3), ("sep_conv_3x3", 0), ("dil_conv_5x5", 4)],
