@@ -4,6 +4,7 @@
     jaxnas derive  RUN_DIR [--rule NAME]
     jaxnas study   hypergrad [--problem ridge|logistic|toy|supernet | --run RUN_DIR] [--out DIR]
     jaxnas plot    RUN_DIR
+    jaxnas train   --genotype FILE|RUN_DIR|NAME [--dataset NAME] [--epochs N] ... [--dry-run]
     jaxnas methods
 
 Bad input ends with one line on stderr (``jaxnas: error: ...``) and exit status 2, never a traceback.
@@ -36,6 +37,13 @@ def _int(text: str) -> int:
     return int(text)
   except ValueError:
     raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
+
+
+def _float(text: str) -> float:
+  try:
+    return float(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected a number, got {text!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,6 +138,37 @@ def build_parser() -> argparse.ArgumentParser:
                       description="Draw RUN_DIR's mixing weights over the search, the derived "
                                   "cells and the loss/accuracy curves into RUN_DIR/plots/.")
   pl.add_argument("run_dir", metavar="RUN_DIR")
+
+  tr = sub.add_parser("train", help="train a genotype from scratch (the evaluation phase)",
+                      description="Build a genotype's evaluation network (NetworkCIFAR for darts "
+                                  "genotypes, NAS-Bench-201's TinyNetwork for nb201 ones) and "
+                                  "train it; unset options take the paper's defaults for 32x32 "
+                                  "data and smaller ones for the 8x8 digits.")
+  tr.add_argument("--genotype", required=True, metavar="FILE|RUN_DIR|NAME",
+                  help="a genotype.json, a search run directory, or a published name "
+                       "(DARTS_V2, PC_DARTS, PDARTS, ...)")
+  tr.add_argument("--dataset", default="digits", help="data set (default: the embedded digits)")
+  tr.add_argument("--data-dir", default=None, help="where the data set's files are")
+  tr.add_argument("--epochs", type=_int, default=None, help="epochs (600 darts / 200 nb201)")
+  tr.add_argument("--batch-size", type=_int, default=None, help="batch size (96 darts / 256 nb201)")
+  tr.add_argument("--channels", type=_int, default=None, help="initial channels C (36 / 16)")
+  tr.add_argument("--cells", type=_int, default=None,
+                  help="cells L for darts (20), cells per stage N for nb201 (5)")
+  tr.add_argument("--auxiliary-weight", type=_float, default=None,
+                  help="weight of the auxiliary head's loss (0.4 on 32x32 data; 0 turns it off)")
+  tr.add_argument("--drop-path", type=_float, default=None,
+                  help="final drop-path probability, ramped linearly over epochs (0.2 darts)")
+  tr.add_argument("--cutout", type=_int, default=None,
+                  help="cutout square side (16 on 32x32 data; 0 turns it off)")
+  tr.add_argument("--lr", type=_float, default=None, help="initial learning rate (0.025 / 0.1)")
+  tr.add_argument("--seed", type=_int, default=0)
+  tr.add_argument("--out", default=None, help="run directory (default: runs/train-...-<time>)")
+  tr.add_argument("--log-every", type=_int, default=50, help="steps between metrics.jsonl lines")
+  tr.add_argument("--dry-run", action="store_true",
+                  help="build the network, print parameter counts and mult-adds, write "
+                       "config.json and stop")
+  tr.add_argument("--no-compile-cache", action="store_true",
+                  help="do not use the persistent XLA compilation cache")
 
   sub.add_parser("methods", help="list the method recipes", description="List the recipes.")
   return p
@@ -309,6 +348,19 @@ def _plot(args) -> int:
   return 0
 
 
+def _train(args) -> int:
+  _xla_gpu_workaround("darts")  # the evaluation cells hold the same depthwise/1x1 convs
+  from jaxnas.train import TrainConfig, run_train
+  cfg = TrainConfig(genotype=args.genotype, dataset=args.dataset, data_dir=args.data_dir,
+                    epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
+                    cells=args.cells, auxiliary_weight=args.auxiliary_weight,
+                    drop_path=args.drop_path, cutout=args.cutout, lr=args.lr, seed=args.seed,
+                    out=args.out, log_every=args.log_every, dry_run=args.dry_run)
+  with _compile_cache(not args.no_compile_cache and not args.dry_run):
+    run_train(cfg)
+  return 0
+
+
 def _methods(args) -> int:
   del args
   from jaxnas import methods
@@ -328,7 +380,7 @@ def main(argv=None) -> int:
       parser.print_help()
       return 0
     return {"search": _search, "derive": _derive, "study": _study, "plot": _plot,
-            "methods": _methods}[args.command](args)
+            "train": _train, "methods": _methods}[args.command](args)
   except JaxnasError as e:
     print(f"jaxnas: error: {e}", file=sys.stderr)
     return 2

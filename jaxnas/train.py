@@ -107,7 +107,10 @@ def load_genotype(spec) -> derive.Genotype:
     return spec
   path = pathlib.Path(str(spec))
   if path.exists():
-    return derive.Genotype.load(path)
+    try:
+      return derive.Genotype.load(path)
+    except JaxnasError as e:
+      raise JaxnasError(f"--genotype {spec}: {e}") from None
   key = str(spec).upper().replace("-", "_")
   if key in genotypes.GENOTYPES:
     return genotypes.GENOTYPES[key]
