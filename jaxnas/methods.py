@@ -362,3 +362,109 @@ register(Recipe(
     paper="Zela, Elsken, Saikia, Marrakchi, Brox, Hutter. Understanding and Robustifying "
           "Differentiable Architecture Search. ICLR 2020.",
 ))
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory-efficient recipes (issue 5).
+
+register(Recipe(
+    name="pc-darts",
+    description="PC-DARTS: 1/4 of each edge's channels through the mixed op (the rest bypass, "
+                "channel shuffle), edge normalisation β per node, derivation from "
+                "softmax(α)·softmax(β); 15 warm-up epochs; weight lr 0.1, arch Adam 6e-4 (the "
+                "paper uses batch 256: --batch-size 256)",
+    relaxation="pc-darts",
+    derivation="pc-darts-top2",
+    space_options=(("edge_normalization", True), ("partial_channels", 4)),
+    arch_warmup_epochs=15,
+    weight_optimizer=WeightOptimizer(lr=0.1, lr_min=0.001),
+    arch_optimizer=ArchOptimizer(lr=6e-4),
+    paper="Xu, Xie, Zhang, Chen, Qi, Tian, Xiong. PC-DARTS: Partial Channel Connections for "
+          "Memory-Efficient Architecture Search. ICLR 2020.",
+))
+
+
+# ------------------------------------------------------------------------------------------------
+# D-DARTS (issue 8, REFERENCE §12, jaxnas.ddarts).
+
+_DDARTS_PAPER = ("Heuillet, Tabia, Arioui, Youcef-Toumi. D-DARTS: Distributed Differentiable "
+                 "Architecture Search. Pattern Recognition Letters 2023 (arXiv:2108.09306).")
+
+register(Recipe(
+    name="d-darts",
+    description="D-DARTS: one α per cell (darts space, cell_sharing none), sigmoid without "
+                "'none', per-cell zero-one loss w01 = 8, ablation loss w_AB = 0.5 (constant, as "
+                "the authors' code), per-cell threshold derivation 0.85; weight lr 0.005, arch "
+                "Adam 3e-3 β (0.9, 0.999) (the paper uses batch 128: --batch-size 128)",
+    relaxation="sigmoid",
+    regularizers=(Regularizer("zero-one-cells", 8.0), Regularizer("ddarts-ablation", 0.5)),
+    derivation="ddarts-sparse",
+    space_options=(("cell_sharing", "none"),),
+    weight_optimizer=WeightOptimizer(lr=0.005, lr_min=0.001),
+    arch_optimizer=ArchOptimizer(lr=3e-3, b1=0.9, b2=0.999),
+    paper=_DDARTS_PAPER,
+))
+
+
+# ------------------------------------------------------------------------------------------------
+# Sampling methods (issue 5, REFERENCE §5 and §13, jaxnas.sampling, jaxnas.spaces.sampled). The
+# hard ones run the sampled-operation supernet (space option sampled): only the sampled
+# operations of each edge are computed, with the full supernet's parameters.
+
+register(Recipe(
+    name="gdas",
+    description="GDAS: hard Gumbel-softmax, one sample per cell type per step, only the sampled op "
+                "computed (straight-through), τ 10 → 0.1, weight step before the arch step; SGD "
+                "nesterov, weight decay 5e-4",
+    relaxation="gumbel-hard",
+    space_options=(("sampled", True),),
+    arch_first=False,
+    weight_optimizer=WeightOptimizer(nesterov=True, weight_decay=5e-4),
+    paper="Dong, Yang. Searching for a Robust Neural Architecture in Four GPU Hours. CVPR 2019.",
+))
+
+register(Recipe(
+    name="snas",
+    description="SNAS: soft Gumbel-softmax sample per step (all ops computed), τ 10 → 0.1, "
+                "resource term 0.1·E[normalised FLOPs] (closed-form expectation)",
+    relaxation="gumbel-soft",
+    regularizers=(Regularizer("expected-flops", 0.1),),
+    paper="Xie, Zheng, Liu, Lin. SNAS: Stochastic Neural Architecture Search. ICLR 2019.",
+))
+
+register(Recipe(
+    name="d2nas",
+    description="D2NAS: hard Gumbel-softmax op per edge without 'none' and exactly two input edges "
+                "per node (Gumbel-top-2, straight-through), only the sampled ops computed, τ 10 → "
+                "0.1, weight step first (branch cells not implemented)",
+    relaxation="d2nas",
+    space_options=(("sampled", True),),
+    arch_first=False,
+    paper="D2NAS (the seed paper of issue 5); sampler after GDAS (Dong & Yang, CVPR 2019).",
+))
+
+register(Recipe(
+    name="drnas",
+    description="DrNAS: mixing ~ Dirichlet(ELU(α)+1), reparameterised, no 'none', ops per edge "
+                "pruned to the top 4 at half the search; weight lr 0.1, arch Adam 6e-4 "
+                "(KL prior: --add-regularizer dirichlet-kl:W)",
+    relaxation="dirichlet",
+    relaxation_options=(("prune_to", 4),),
+    weight_optimizer=WeightOptimizer(lr=0.1),
+    arch_optimizer=ArchOptimizer(lr=6e-4),
+    paper="Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture Search. ICLR 2021.",
+))
+
+register(Recipe(
+    name="proxylessnas",
+    description="ProxylessNAS: binary gates, two paths sampled per edge and only those computed, "
+                "re-normalised two-path gradient, latency term 0.1·E[normalised latency] from the "
+                "op-cost table, weight step first; arch Adam 1e-3 β (0, 0.999), no weight decay",
+    relaxation="binary-gates",
+    regularizers=(Regularizer("expected-latency", 0.1),),
+    space_options=(("sampled", True),),
+    arch_first=False,
+    arch_optimizer=ArchOptimizer(lr=1e-3, b1=0.0, b2=0.999, weight_decay=0.0),
+    paper="Cai, Zhu, Han. ProxylessNAS: Direct Neural Architecture Search on Target Task and "
+          "Hardware. ICLR 2019.",
+))

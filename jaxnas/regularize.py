@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnas import relax
+from jaxnas import ddarts, relax, sampling
 from jaxnas.derive import NB201_EDGES, darts_edge_sources
 from jaxnas.errors import JaxnasError, unknown_name
 
@@ -401,11 +401,19 @@ REGULARIZERS: dict[str, RegularizerFn] = {
     "pr-skip": pr_skip,
     "pr-nonskip": pr_nonskip,
     "pr-path": pr_path,
+    "zero-one-cells": ddarts.zero_one_per_cell,  # D-DARTS: FairDARTS' L01 per cell, summed
+    # Op-cost terms (ProxylessNAS' latency, SNAS' resource) and DrNAS' KL, from jaxnas.sampling.
+    "expected-latency": sampling.expected_latency,
+    "expected-flops": sampling.expected_flops,
+    "dirichlet-kl": sampling.dirichlet_kl,
 }
 
 LOSS_REGULARIZERS: dict[str, RegularizerFn] = {
     "unas-gap": generalization_gap,
     "unas-abs-gap": _unas_abs_gap,
+    # D-DARTS' ablation loss: constant (the authors') or differentiable ("-grad"), the cell
+    # deactivated by random weights (default), zeros ("-zero") or a bypass ("-identity").
+    **ddarts.ABLATION_REGULARIZERS,
 }
 
 

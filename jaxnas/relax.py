@@ -26,11 +26,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnas import sampling as _sampling
 from jaxnas.errors import JaxnasError, unknown_name
 
 __all__ = ["softmax", "sigmoid", "darts_minus", "aux_skip_beta", "pr_gates", "pr_tau",
-           "gate_open_probability", "excluded_mask", "get", "RELAXATIONS", "Relaxation",
-           "BETA_DECAYS"]
+           "gate_open_probability", "excluded_mask", "pc_darts", "node_input_counts", "get",
+           "RELAXATIONS", "Relaxation", "BETA_DECAYS"]
 
 Relaxation = Callable[..., Any]
 
@@ -366,11 +367,83 @@ def pr_gates(alphas, key=None, *, progress=None, k: int = 2, dropout: float = 0.
   return jax.tree.unflatten(treedef, out)
 
 
+# --- PC-DARTS' edge normalisation ----------------------------------------------------------------
+
+
+def node_input_counts(num_edges: int) -> tuple[int, ...]:
+  """How many incoming edges each node has, for a cell of ``num_edges`` edges numbered node by node.
+
+  Two layouts exist in jaxnas' spaces: DARTS (node ``i`` reads the two cell inputs and the ``i``
+  earlier nodes, ``i + 2`` edges: 2, 3, 4, 5 for 14 edges) and NAS-Bench-201 (node ``i`` reads
+  ``i + 1`` earlier nodes: 1, 2, 3 for 6 edges). Their totals ``n(n + 3)/2`` and ``n(n + 1)/2`` never
+  coincide for ``n ≥ 1`` (equality needs ``(n − m + 1)(n + m + 2) = 2``), so the count decides.
+  """
+  for first in (2, 1):
+    counts, total = [], 0
+    while total < num_edges:
+      counts.append(first + len(counts))
+      total += counts[-1]
+    if total == num_edges:
+      return tuple(counts)
+  raise JaxnasError(f"{num_edges} edge logits fit neither the DARTS cell (2, 3, 4, … inputs per "
+                    "node) nor the NAS-Bench-201 cell (1, 2, 3, …); pass node_inputs")
+
+
+def pc_darts(alphas, key=None, *, node_inputs: Optional[Sequence[int]] = None):
+  r"""PC-DARTS: operation softmax and edge normalisation (Xu et al., ICLR 2020, eqs. 2 and 4).
+
+  .. math:: w_{e,k} = rac{\exp lpha_{e,k}}{\sum_{k'} \exp lpha_{e,k'}}, \qquad
+     b_e = rac{\exp eta_e}{\sum_{e' 	o i} \exp eta_{e'}}
+     \quad	ext{for edge } e 	ext{ into node } i
+
+  and node :math:`i` computes :math:`x_i = \sum_{e 	o i} b_e\, ar o_e(x)`. Leaves with two or more
+  axes are operation logits (softmax over the last axis, as :func:`softmax`); one-axis leaves are
+  edge logits :math:`eta`, normalised over each node's incoming edges, which are consecutive
+  (``Network.forward`` in yuhuixu1993/PC-DARTS: slices [0:2], [2:5], [5:9], [9:14]). Both come back
+  in one pytree of the input's structure; the spaces built with ``edge_normalization`` read the
+  edge weights from it, :func:`jaxnas.derive.pc_darts_top2` derives from the products
+  :math:`w_{e,k} b_e`.
+
+  Args:
+    alphas: pytree of logits: ``(edges, ops)`` leaves (α) and ``(edges,)`` leaves (β).
+    key: unused (deterministic).
+    node_inputs: incoming edges per node; None infers them from the edge count
+      (:func:`node_input_counts`).
+
+  Returns:
+    Mixing weights with the structure of ``alphas``; each α row sums to 1, each node's β block
+    sums to 1.
+
+  Raises:
+    JaxnasError: if ``node_inputs`` does not add up to a β leaf's length.
+  """
+  del key
+
+  def one(a):
+    if a.ndim >= 2:
+      return jax.nn.softmax(a, axis=-1)
+    counts = tuple(node_inputs) if node_inputs is not None else node_input_counts(a.shape[0])
+    if sum(counts) != a.shape[0]:
+      raise JaxnasError(f"node_inputs {list(counts)} add up to {sum(counts)} edges but the edge "
+                        f"logits have {a.shape[0]}")
+    starts = np.cumsum((0,) + counts[:-1])
+    return jnp.concatenate([jax.nn.softmax(a[s:s + n]) for s, n in zip(starts, counts)])
+
+  return jax.tree.map(one, alphas)
+
+
 RELAXATIONS: dict[str, Relaxation] = {
+    "pc-darts": pc_darts,
     "softmax": softmax,
     "sigmoid": sigmoid,
     "darts-minus": darts_minus,
     "pr-gates": pr_gates,
+    # The sampling relaxations (GDAS, SNAS, D2NAS, DrNAS, ProxylessNAS), from jaxnas.sampling.
+    "gumbel-hard": _sampling.gumbel_hard,
+    "gumbel-soft": _sampling.gumbel_soft,
+    "d2nas": _sampling.d2nas_gumbel,
+    "dirichlet": _sampling.dirichlet,
+    "binary-gates": _sampling.binary_gates,
 }
 
 

@@ -18,9 +18,18 @@ SPACES = {"darts": DartsSearchNetwork, "nb201": NB201SearchNetwork}
 
 
 def get(name: str, **config):
-  """Returns the supernet module of space ``name`` built with ``config`` (channels, ...)."""
+  """Returns the supernet module of space ``name`` built with ``config`` (channels, ...).
+
+  ``sampled=True`` (the sampling recipes' space option) gives the sampled-operation path of
+  :mod:`jaxnas.spaces.sampled`: same parameters, only the sampled operations computed (DARTS; on
+  NAS-Bench-201 the full supernet that accepts two-path weights).
+  """
   if name not in SPACES:
     raise unknown_name("search space", name, SPACES)
+  if config.pop("sampled", False):
+    from jaxnas.spaces import sampled  # noqa: PLC0415
+    return {"darts": sampled.SampledDartsSearchNetwork,
+            "nb201": sampled.GatedNB201SearchNetwork}[name](**config)
   return SPACES[name](**config)
 
 
