@@ -351,11 +351,14 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
   counting = evalnet.build(genotype, channels=cfg.channels, cells=cfg.cells,
                            num_classes=dataset.num_classes,
                            auxiliary=genotype.space == "darts")
-  paper_shape = (32, 32, dataset.image_shape[-1])  # parameter counts do not depend on the size
-  params_plain, params_aux = evalnet.count_params(counting, paper_shape)
+  data_shape, paper_shape = tuple(dataset.image_shape), (32, 32, 3)
+  # Parameter counts depend on the input channels (the stem), not on the image size; they are
+  # taken at 32×32 where the auxiliary head can be built.
+  params_plain, params_aux = evalnet.count_params(counting, (32, 32, data_shape[-1]))
+  paper_params = (evalnet.count_params(counting, paper_shape) if data_shape[-1] != 3
+                  else (params_plain, params_aux))
   macs_32 = evalnet.count_macs(model, paper_shape)
-  macs_data = (macs_32 if tuple(dataset.image_shape) == paper_shape
-               else evalnet.count_macs(model, dataset.image_shape))
+  macs_data = macs_32 if data_shape == paper_shape else evalnet.count_macs(model, data_shape)
 
   label = (pathlib.Path(str(cfg.genotype)).stem if pathlib.Path(str(cfg.genotype)).exists()
            else str(cfg.genotype).lower())
@@ -366,7 +369,9 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
       "genotype_str": str(genotype),
       "num_params": params_plain,
       "num_params_with_auxiliary": params_aux,
-      "macs_32x32": macs_32,
+      "num_params_32x32x3": paper_params[0],
+      "num_params_32x32x3_with_auxiliary": paper_params[1],
+      "macs_32x32x3": macs_32,
       "macs_at_image_size": macs_data,
       "dataset": {"name": dataset.name, "image_shape": list(dataset.image_shape),
                   "num_classes": dataset.num_classes, "train": len(train_x),
@@ -378,16 +383,19 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
   }
   (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-  aux_note = ("" if genotype.space == "nb201"
-              else f", {params_aux:,} with the auxiliary head")
+  with_aux = lambda counts: ("" if genotype.space == "nb201"
+                             else f", {counts[1]:,} with the auxiliary head")
   print(f"run directory: {run_dir}", file=stdout)
   print(f"{genotype.space} network of genotype {label}: C={cfg.channels}, "
         f"{'L' if genotype.space == 'darts' else 'N'}={cfg.cells}; parameters: {params_plain:,} "
-        f"without the auxiliary head{aux_note}", file=stdout)
-  print(f"multiply-adds of one 32×32 forward pass: {macs_32 / 1e6:.2f}M"
-        + ("" if tuple(dataset.image_shape) == paper_shape else
-           f"; at the data's {dataset.image_shape[0]}×{dataset.image_shape[1]}: "
-           f"{macs_data / 1e6:.2f}M"), file=stdout)
+        f"without the auxiliary head{with_aux((params_plain, params_aux))}"
+        + ("" if data_shape[-1] == 3 else
+           f" ({data_shape[-1]}-channel images; for 3-channel ones as in the papers: "
+           f"{paper_params[0]:,}{with_aux(paper_params)})"), file=stdout)
+  print(f"multiply-adds of one 32×32×3 forward pass (the papers' figure): {macs_32 / 1e6:.2f}M"
+        + ("" if data_shape == paper_shape else
+           f"; of one {'×'.join(map(str, data_shape))} forward pass: {macs_data / 1e6:.2f}M"),
+        file=stdout)
   print(f"{total_steps} steps of batch {cfg.batch_size} ({cfg.epochs} epochs of {spe}); "
         f"auxiliary weight {cfg.auxiliary_weight}, drop-path {cfg.drop_path}, cutout {cfg.cutout}",
         file=stdout, flush=True)
@@ -440,7 +448,7 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
   (run_dir / "weights.msgpack").write_bytes(flax.serialization.to_bytes(weights))
   summary = {"test_accuracy": test_acc, "test_loss": test_loss, "best_test_accuracy": best,
              "num_params": params_plain, "num_params_with_auxiliary": params_aux,
-             "macs_32x32": macs_32, "first_step_s": first_step_s, "train_s": train_s,
+             "macs_32x32x3": macs_32, "first_step_s": first_step_s, "train_s": train_s,
              "steps": total_steps}
   (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
   print(f"test accuracy {100 * test_acc:.2f}% (loss {test_loss:.4f}) on {len(dataset.test_x)} "
