@@ -33,7 +33,7 @@ from jaxnas.errors import JaxnasError
 
 __all__ = ["gumbel_tau", "gumbel_soft_sample", "straight_through", "gumbel_hard", "gumbel_soft",
            "d2nas_gumbel", "node_of_edges", "dirichlet_concentration", "dirichlet", "binary_gates",
-           "two_path_gradient", "load_cost_table", "expected_cost", "expected_latency",
+           "load_cost_table", "expected_cost", "expected_latency",
            "expected_flops", "dirichlet_kl", "DEFAULT_COST_TABLE", "INACTIVE"]
 
 TAU_START, TAU_END = 10.0, 0.1
@@ -401,18 +401,6 @@ def binary_gates(alphas, key=None):
   gates = jax.tree.unflatten(treedef, [g for g, _ in rows])
   inactive = jax.tree.unflatten(treedef, [i for _, i in rows])
   return {**gates, INACTIVE: inactive}
-
-
-def two_path_gradient(grad_gates, alpha_row, pair):
-  r"""The paper's formula, for tests: :math:`\sum_j \partial L/\partial g_j\, \tilde p_j(\delta_{ij} - \tilde p_i)` (NumPy)."""
-  a = np.asarray(alpha_row, float)
-  pair = list(pair)
-  pt = np.exp(a[pair] - a[pair].max())
-  pt = pt / pt.sum()
-  out = np.zeros_like(a)
-  for ii, i in enumerate(pair):
-    out[i] = sum(grad_gates[j] * pt[jj] * ((i == j) - pt[ii]) for jj, j in enumerate(pair))
-  return out
 
 
 # --- Op-cost terms: ProxylessNAS' expected latency, SNAS' resource constraint -------------------
