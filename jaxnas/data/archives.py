@@ -13,7 +13,8 @@ svhn       ``train_32x32.mat`` and ``test_32x32.mat`` (format 2, the cropped dig
            ``scipy.io.loadmat``); label 10 stands for the digit 0 and becomes 0
 =========  ============================================================================
 
-``data_dir`` may also be the extracted folder itself. A tar.gz is read in place, never extracted.
+``data_dir`` may also be the extracted folder itself. A tar.gz is read in place (one sequential pass),
+never extracted to disk.
 
 **The CIFAR batches are Python pickles.** Unpickling runs whatever callables a pickle names, so a
 user's file is never given to ``pickle.load``: :func:`load_pickle` uses :class:`ArrayUnpickler`,
@@ -32,11 +33,11 @@ its training split (search-train and search-val together), computed at load time
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pathlib
 import pickle
 import tarfile
+import zlib
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -193,27 +194,37 @@ def _cifar_batch(obj, label_key: bytes, what: str) -> tuple[np.ndarray, np.ndarr
   return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def _cifar_opener(data_dir: pathlib.Path, files: _CifarFiles, stack: contextlib.ExitStack):
-  """A function ``member -> binary file`` over what ``data_dir`` holds, or None if nothing.
+def _cifar_objects(data_dir: pathlib.Path, files: _CifarFiles) -> dict | None:
+  """``{member: unpickled batch}`` from the extracted folder or the archive, or None if neither.
 
-  An archive is opened once (closed by ``stack``) and its members read in place.
+  The archive is read in one sequential pass (``r|gz``): seeking back in a gzip stream would
+  decompress it again from the start for every member.
   """
+  members = files.train + files.test
   for folder in (data_dir / files.folder, data_dir):
-    if all((folder / m).is_file() for m in files.train + files.test):
-      return lambda member, folder=folder: open(folder / member, "rb")
+    if all((folder / m).is_file() for m in members):
+      objects = {}
+      for m in members:
+        with open(folder / m, "rb") as f:
+          objects[m] = load_pickle(f, m)
+      return objects
   archive = data_dir / files.archive
   if not archive.is_file():
     return None
+  wanted = {f"{files.folder}/{m}": m for m in members}
+  objects = {}
   try:
-    tar = stack.enter_context(tarfile.open(archive, "r:gz"))
-    names = set(tar.getnames())
-  except (tarfile.TarError, OSError, EOFError) as e:
+    with tarfile.open(archive, "r|gz") as tar:
+      for info in tar:
+        if info.name in wanted and info.isfile():
+          objects[wanted[info.name]] = load_pickle(tar.extractfile(info), info.name)
+  except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise JaxnasError(f"{archive} cannot be read as a tar.gz archive ({_one_line(e)}); download "
                       "it again") from None
-  missing = [m for m in files.train + files.test if f"{files.folder}/{m}" not in names]
+  missing = [m for m in members if m not in objects]
   if missing:
     raise JaxnasError(f"{archive} lacks {files.folder}/{missing[0]}; is it the right archive?")
-  return lambda member: tar.extractfile(f"{files.folder}/{member}")
+  return objects
 
 
 def read_cifar(name: str, data_dir) -> RawSplits | None:
@@ -231,25 +242,16 @@ def read_cifar(name: str, data_dir) -> RawSplits | None:
     JaxnasError: if the files are there but damaged, or a pickle is refused.
   """
   files = CIFAR_FILES[name]
-  with contextlib.ExitStack() as stack:
-    opener = _cifar_opener(pathlib.Path(data_dir), files, stack)
-    if opener is None:
-      return None
+  objects = _cifar_objects(pathlib.Path(data_dir), files)
+  if objects is None:
+    return None
 
-    def part(members):
-      batches = []
-      for m in members:
-        try:
-          with opener(m) as f:
-            obj = load_pickle(f, m)
-        except (OSError, EOFError, tarfile.TarError) as e:
-          raise JaxnasError(f"{m} of {name} cannot be read ({_one_line(e)}); download the archive "
-                            "again") from None
-        batches.append(_cifar_batch(obj, files.label_key, m))
-      return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+  def part(members):
+    batches = [_cifar_batch(objects[m], files.label_key, m) for m in members]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
 
-    train_x, train_y = part(files.train)
-    test_x, test_y = part(files.test)
+  train_x, train_y = part(files.train)
+  test_x, test_y = part(files.test)
   return RawSplits(train_x, train_y, test_x, test_y)
 
 
