@@ -53,6 +53,10 @@ def _is_key(leaf) -> bool:
   return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
+def _dtype(leaf) -> np.dtype:
+  return np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else np.result_type(leaf)
+
+
 def _storable(tree):
   """``tree`` with every typed PRNG key replaced by its raw key data (uint32)."""
   return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
@@ -65,7 +69,7 @@ def signature(tree) -> list:
   """
   out = []
   for path, leaf in jax.tree_util.tree_flatten_with_path(_storable(tree))[0]:
-    out.append([jax.tree_util.keystr(path), list(np.shape(leaf)), str(np.result_type(leaf))])
+    out.append([jax.tree_util.keystr(path), list(np.shape(leaf)), str(_dtype(leaf))])
   return out
 
 
@@ -220,7 +224,7 @@ class Checkpoints:
               else jax.devices()[0])
     sharding = jax.sharding.SingleDeviceSharding(device)
     abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(np.shape(x), np.result_type(x), sharding=sharding),
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=sharding),
         stored_like)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
