@@ -51,6 +51,7 @@ __all__ = [
     "fairdarts_edge",
     "darts_plus_skip_limit",
     "pr_darts_top2",
+    "pc_darts_top2",
     "FAIRDARTS_THRESHOLD",
     "RULES",
     "derive",
@@ -689,6 +690,64 @@ def pr_darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
                   reduce_concat=_CONCAT, space="darts")
 
 
+def pc_darts_top2(weights, op_names=DARTS_OPS) -> Genotype:
+  r"""PC-DARTS' derivation: DARTS' top-2 rule on the operation weights scaled by the edge weights.
+
+  .. math:: W_{e,k} = \mathrm{softmax}(lpha_e)_k \cdot \mathrm{softmax}_{e' 	o i}(eta)_e
+
+  for edge :math:`e` into node :math:`i` (``genotype._parse`` in yuhuixu1993/PC-DARTS), then
+  :func:`darts_top2` on :math:`W`: per node the two edges with the largest non-``none``
+  :math:`W_{e,k}`, each with its heaviest non-``none`` operation. The edge weight changes which
+  edges a node keeps, never which operation an edge keeps.
+
+  Args:
+    weights: ``{"normal": (14, K), "reduce": (14, K), "normal_edges": (14,), "reduce_edges":
+      (14,)}``, the output of :func:`jaxnas.relax.pc_darts` (edge weights normalised per node).
+    op_names: the ``K`` operation names, in column order.
+
+  Returns:
+    A darts :class:`Genotype`.
+
+  Raises:
+    JaxnasError: on wrong keys or shapes or non-finite weights.
+  """
+  expected = ("normal", "reduce", "normal_edges", "reduce_edges")
+  if not isinstance(weights, Mapping) or set(weights) != set(expected):
+    got = sorted(weights) if isinstance(weights, Mapping) else type(weights).__name__
+    raise JaxnasError(f"pc-darts-top2 needs weights with keys {list(expected)} (a darts space "
+                      f"built with edge_normalization), got {got}")
+  rows = len(darts_edge_sources())
+  scaled, problems = {}, []
+  for cell in ("normal", "reduce"):
+    edges = np.asarray(weights[f"{cell}_edges"])
+    if edges.shape != (rows,):
+      problems.append(f"weights['{cell}_edges'] has shape {edges.shape} but pc-darts-top2 expects "
+                      f"({rows},)")
+    elif not np.all(np.isfinite(edges)):
+      problems.append(f"weights['{cell}_edges'] holds NaN or infinite values")
+    else:
+      ops = np.asarray(weights[cell])
+      # a wrong α shape is left for darts_top2 to report
+      scaled[cell] = ops * edges.astype(np.float64)[:, None] if ops.ndim == 2 and \
+          ops.shape[0] == rows else ops
+  if problems:
+    raise JaxnasError("; ".join(problems))
+  return darts_top2(scaled, op_names)
+
+
+def _ddarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD):
+  """D-DARTS: :func:`fairdarts_sparse` on every cell of ``{"cells": (L, 14, K)}``
+  (:func:`jaxnas.ddarts.derive_cells`); a per-cell genotype."""
+  from jaxnas import ddarts  # noqa: PLC0415  (ddarts imports this module)
+  return ddarts.derive_cells(weights, op_names, rule="sparse", threshold=threshold)
+
+
+def _ddarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD):
+  """D-DARTS: :func:`fairdarts_edge` on every cell (:func:`jaxnas.ddarts.derive_cells`)."""
+  from jaxnas import ddarts  # noqa: PLC0415
+  return ddarts.derive_cells(weights, op_names, rule="edge", threshold=threshold)
+
+
 Rule = Callable[..., Genotype]
 
 RULES: dict[str, Rule] = {
@@ -698,6 +757,9 @@ RULES: dict[str, Rule] = {
     "fairdarts-edge": fairdarts_edge,
     "darts-plus-skip-limit": darts_plus_skip_limit,
     "pr-darts-top2": pr_darts_top2,
+    "pc-darts-top2": pc_darts_top2,
+    "ddarts-sparse": _ddarts_sparse,
+    "ddarts-edge": _ddarts_edge,
 }
 
 

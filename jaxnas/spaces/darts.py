@@ -21,6 +21,20 @@ A departure from the reference in form, not in function: the pools followed by a
 and the identity, produce the same tensor on every edge of a group (same input, no parameters, the
 same running statistics), so they are computed once per group. Outputs, gradients and parameter
 counts equal the reference's; only the number of identical running-statistics buffers differs.
+
+Options shared by every recipe:
+
+- ``partial_channels = K`` (PC-DARTS, Xu et al., ICLR 2020; yuhuixu1993/PC-DARTS ``MixedOp``): on
+  every edge only the first ``C/K`` channels of the input go through the mixed op (ops built for
+  ``C/K`` channels); the other ``C − C/K`` bypass it, through a 2×2 max pool on strided edges, and
+  the edge's output is ``channel_shuffle(concat(op_out, bypass), K)``. ``K = 1`` is DARTS.
+- ``edge_normalization`` (PC-DARTS): the weights carry one more entry per cell kind,
+  ``"<kind>_edges"`` of shape (14,), and node ``i`` sums ``w_edges[e] · ō_e(x)`` over its incoming
+  edges (the relaxation normalises ``w_edges`` per node, ``jaxnas.relax.pc_darts``).
+- ``remat`` (``"none"``, ``"cell"``, ``"op"``): rematerialisation. ``"cell"`` wraps each cell in
+  ``flax.linen.remat`` (``jax.checkpoint``): only a cell's inputs are kept for the backward pass and
+  its inside is recomputed; ``"op"`` wraps each group of mixed ops the same way. Same numbers, less
+  memory, more compute.
 """
 
 from __future__ import annotations
@@ -32,10 +46,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxnas.derive import DARTS_NUM_NODES, DARTS_OPS, darts_edge_sources
+from jaxnas.errors import JaxnasError
 from jaxnas.spaces.layers import (BatchNorm, add_skip_noise, avg_pool_3x3, conv2d,
                                   depthwise_conv2d, max_pool_3x3, torch_uniform)
 
-__all__ = ["DARTS_OPS", "DARTS_EDGES", "DartsSearchNetwork", "reduction_indices"]
+__all__ = ["DARTS_OPS", "DARTS_EDGES", "DartsSearchNetwork", "reduction_indices", "channel_shuffle",
+           "partial_channel_output", "REMAT_MODES", "check_partial_channels"]
+
+REMAT_MODES = ("none", "cell", "op")
 
 NUM_NODES = DARTS_NUM_NODES
 # (to intermediate node, from state) per edge, in the reference's order: node i takes states 0..i+1.
@@ -51,6 +69,58 @@ Dtype = Any
 def reduction_indices(num_cells: int):
   """The cells that reduce: ``L // 3`` and ``2L // 3``, as the reference."""
   return sorted({num_cells // 3, 2 * num_cells // 3})
+
+
+def channel_shuffle(x, groups: int):
+  """PC-DARTS' ``channel_shuffle`` on the last axis (ShuffleNet's, Zhang et al., CVPR 2018).
+
+  The ``C`` channels are ``groups`` blocks of ``C/groups``; output channel ``j·groups + g`` is input
+  channel ``g·(C/groups) + j`` (reshape to (groups, C/groups), transpose, flatten). Its inverse is
+  ``channel_shuffle(·, C // groups)``.
+  """
+  c = x.shape[-1]
+  y = x.reshape(x.shape[:-1] + (groups, c // groups))
+  return jnp.swapaxes(y, -1, -2).reshape(x.shape)
+
+
+def _max_pool_2x2(x):
+  """``nn.MaxPool2d(2, 2)`` on NHWC (odd trailing rows and columns dropped, as PyTorch)."""
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+def partial_channel_output(op_out, bypass, stride: int, k: int):
+  """One PC-DARTS edge output per edge: ``channel_shuffle(concat(op_out, bypass'), k)``.
+
+  ``op_out`` (B, H', W', E, C/K) is the mixed op on the first ``C/K`` channels, ``bypass``
+  (B, H, W, C − C/K) the other channels of the shared input; ``bypass' = MaxPool2d(2, 2)(bypass)``
+  on strided edges, else ``bypass`` (yuhuixu1993/PC-DARTS ``MixedOp.forward``). The bypass is the
+  same for all ``E`` edges of a group and is broadcast to them. Returns (B, H', W', E, C).
+  """
+  if stride == 2:
+    bypass = _max_pool_2x2(bypass)
+  bypass = jnp.broadcast_to(bypass[..., None, :], op_out.shape[:-1] + bypass.shape[-1:])
+  return channel_shuffle(jnp.concatenate([op_out, bypass], axis=-1), k)
+
+
+def check_partial_channels(channels: int, num_cells: int, k) -> None:
+  """Raises a one-line JaxnasError unless every cell's ``C`` splits into ``K`` parts.
+
+  Each cell's channel count must be a multiple of ``K``, and in reduction cells ``C/K`` must be even
+  (the strided skip op, a FactorizedReduce on ``C/K`` channels, has two halves).
+  """
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise JaxnasError(f"partial_channels must be a whole number ≥ 1 (1 = DARTS, 4 = PC-DARTS), "
+                      f"got {k!r}")
+  c, reductions = channels, reduction_indices(num_cells)
+  for i in range(num_cells):
+    if i in reductions:
+      c *= 2
+    if c % k or (i in reductions and (c // k) % 2):
+      raise JaxnasError(f"partial_channels={k} needs every cell's channel count to be a multiple "
+                        f"of {k} (and of {2 * k} in reduction cells); cell {i} has {c}: choose "
+                        f"--channels a multiple of {k}")
 
 
 def _pointwise(x, kernel):
@@ -113,7 +183,7 @@ class DartsEdgeGroup(nn.Module):
     return self._bn(jnp.concatenate([a, b], axis=-1), "fr_bn", train)
 
   @nn.compact
-  def __call__(self, x, weights, *, train: bool):
+  def __call__(self, x, weights, train: bool):
     e, s = self.num_edges, self.stride
     wt = weights.astype(self.dtype)  # (E, 8); 'none' contributes exactly zero and is skipped
     r = jax.nn.relu(x)
@@ -154,7 +224,11 @@ class Preprocess(nn.Module):
 
 
 class DartsCell(nn.Module):
-  """A DARTS search cell (normal or reduction) with mixing weights of shape (14, 8)."""
+  """A DARTS search cell (normal or reduction) with mixing weights of shape (14, 8).
+
+  ``edge_weights`` (14,), if given, scale each edge's output in its node's sum (PC-DARTS' edge
+  normalisation); ``partial_channels`` and ``remat_ops`` as in :class:`DartsSearchNetwork`.
+  """
 
   channels: int
   reduction: bool
@@ -162,20 +236,31 @@ class DartsCell(nn.Module):
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
   skip_noise: float = 0.0
+  partial_channels: int = 1
+  remat_ops: bool = False
 
   @nn.compact
-  def __call__(self, s0, s1, weights, *, train: bool):
-    c = self.channels
+  def __call__(self, s0, s1, weights, train: bool, edge_weights=None):
+    c, k = self.channels, self.partial_channels
     states = [Preprocess(c, self.reduction_prev, self.dtype, name="pre0")(s0, train=train),
               Preprocess(c, False, self.dtype, name="pre1")(s1, train=train)]
+    # `train` is positional so that nn.remat can hold it static (keywords are traced).
+    group_cls = nn.remat(DartsEdgeGroup, static_argnums=(3,)) if self.remat_ops else DartsEdgeGroup
     inbox = {i: [] for i in range(NUM_NODES)}
     for src in range(NUM_NODES + 1):
       edges = _EDGES_FROM[src]
       stride = 2 if self.reduction and src < 2 else 1
-      out = DartsEdgeGroup(len(edges), c, stride, self.depthwise, self.dtype, self.skip_noise,
-                           name=f"from_{src}")(states[src], weights[jnp.array(edges)], train=train)
+      group = group_cls(len(edges), c // k, stride, self.depthwise, self.dtype, self.skip_noise,
+                        name=f"from_{src}")
+      x = states[src]
+      if k == 1:
+        out = group(x, weights[jnp.array(edges)], train)
+      else:
+        out = group(x[..., : c // k], weights[jnp.array(edges)], train)
+        out = partial_channel_output(out, x[..., c // k:], stride, k)
       for slot, e in enumerate(edges):
-        inbox[DARTS_EDGES[e][0]].append(out[..., slot, :])
+        y = out[..., slot, :]
+        inbox[DARTS_EDGES[e][0]].append(y if edge_weights is None else edge_weights[e] * y)
       if src >= 1:  # after the groups from states 0..src, node src-1 has all its inputs
         states.append(sum(inbox[src - 1]))
     return jnp.concatenate(states[2:], axis=-1)
@@ -193,9 +278,27 @@ class DartsSearchNetwork(nn.Module):
     dtype: parameter and computation dtype.
     skip_noise: NoisyDARTS' λ: Gaussian noise of std λ·std(skip output) on every skip_connect
       in train mode when a ``"noise"`` RNG is given (``layers.add_skip_noise``); 0 turns it off.
+    partial_channels: PC-DARTS' K (1 = DARTS): the mixed ops see ``C/K`` channels of each edge's
+      input, the rest bypass (see the module docstring).
+    edge_normalization: PC-DARTS' β: weights also hold ``"normal_edges"`` and ``"reduce_edges"``
+      (14,), each edge's weight in its node's sum.
+    remat: ``"none"``, ``"cell"`` (``nn.remat`` on every cell) or ``"op"`` (on every group of
+      mixed ops): the same function with activations recomputed in the backward pass.
+    cell_sharing: ``"type"`` (default, DARTS): one set of alphas for all normal cells and one for
+      all reduction cells, ``weights = {"normal": (14, 8), "reduce": (14, 8)}``. ``"none"``
+      (D-DARTS, Heuillet et al. 2022): every cell has its own alphas, ``weights = {"cells":
+      (L, 14, 8)}``, row ``i`` for cell ``i``; see :mod:`jaxnas.ddarts`.
 
-  ``weights = {"normal": (14, 8), "reduce": (14, 8)}``: one for all normal cells, one for all
-  reduction cells, the output of a relaxation.
+  ``weights`` is the output of a relaxation. It may also carry ``"gates"``, shape ``(L,)``, values
+  in [0, 1] (used by D-DARTS' ablations, :func:`jaxnas.ddarts.deactivated_mixing`): cell ``i``'s
+  output becomes ``g_i · cell_i(s0, s1) + (1 − g_i) · s1`` where its input ``s1`` has the output's
+  shape, and ``g_i · cell_i(s0, s1)`` elsewhere (the first cell, reduction cells), i.e. gate 0
+  bypasses a cell where it can and zeroes it otherwise.
+
+  Why one stacked ``(L, 14, 8)`` array for ``cell_sharing="none"`` rather than a tuple of L
+  arrays: relaxations, regularisers and optax act on the last axis / elementwise, so they need no
+  change; D-DARTS' per-cell ablations vmap over a stack of mixing weights built by indexing the
+  cell axis; and one leaf keeps the jitted program as small as the shared-alphas one.
   """
 
   channels: int = 16
@@ -204,6 +307,10 @@ class DartsSearchNetwork(nn.Module):
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
   skip_noise: float = 0.0
+  cell_sharing: str = "type"
+  partial_channels: int = 1
+  edge_normalization: bool = False
+  remat: str = "none"
 
   op_names: Sequence[str] = DARTS_OPS
   space_name = "darts"
@@ -211,19 +318,53 @@ class DartsSearchNetwork(nn.Module):
 
   def alpha_shapes(self):
     shape = (len(DARTS_EDGES), len(DARTS_OPS))
+    if self.cell_sharing == "none":
+      return {"cells": (self.num_cells,) + shape}
+    if self.edge_normalization:
+      edges = (len(DARTS_EDGES),)
+      return {"normal": shape, "reduce": shape, "normal_edges": edges, "reduce_edges": edges}
     return {"normal": shape, "reduce": shape}
 
   def init_alphas(self, key):
-    """α = 1e-3 · N(0, 1) for the normal and the reduction cell, as the reference."""
+    """α = 1e-3 · N(0, 1) for the normal and the reduction cell, as the reference.
+
+    With ``cell_sharing="none"``, α = 0 for every cell, as D-DARTS (``Cell.__init__`` in
+    aheuillet/D-DARTS): all sigmoid weights start at 1/2.
+    """
+    if self.cell_sharing == "none":
+      return {"cells": jnp.zeros(self.alpha_shapes()["cells"], self.dtype)}
     kn, kr = jax.random.split(key)
     shape = (len(DARTS_EDGES), len(DARTS_OPS))
+    if self.edge_normalization:  # PC-DARTS' β = 1e-3 · N(0, 1); α as without it
+      kbn, kbr = jax.random.split(jax.random.fold_in(key, 1))
+      return {"normal": 1e-3 * jax.random.normal(kn, shape, self.dtype),
+              "reduce": 1e-3 * jax.random.normal(kr, shape, self.dtype),
+              "normal_edges": 1e-3 * jax.random.normal(kbn, shape[:1], self.dtype),
+              "reduce_edges": 1e-3 * jax.random.normal(kbr, shape[:1], self.dtype)}
     return {"normal": 1e-3 * jax.random.normal(kn, shape, self.dtype),
             "reduce": 1e-3 * jax.random.normal(kr, shape, self.dtype)}
 
   @nn.compact
   def __call__(self, x, weights, *, train: bool):
     from jaxnas.spaces import check_weights
+    if self.cell_sharing not in ("type", "none"):
+      raise JaxnasError(f"cell_sharing is {self.cell_sharing!r}; choose 'type' (one alphas per "
+                        "cell type, DARTS) or 'none' (one per cell, D-DARTS)")
+    gates = weights.get("gates") if isinstance(weights, dict) else None
+    if gates is not None:
+      weights = {k: v for k, v in weights.items() if k != "gates"}
+      if tuple(jnp.shape(gates)) != (self.num_cells,):
+        raise JaxnasError(f"weights['gates'] has shape {tuple(jnp.shape(gates))} but the network "
+                          f"has {self.num_cells} cells; pass one gate per cell")
     check_weights(weights, self.alpha_shapes(), "darts")
+    check_partial_channels(self.channels, self.num_cells, self.partial_channels)
+    if self.remat not in REMAT_MODES:
+      raise JaxnasError(f"remat is {self.remat!r}; choose one of {', '.join(REMAT_MODES)}")
+    if self.edge_normalization and self.cell_sharing != "type":
+      raise JaxnasError("edge_normalization needs cell_sharing='type' (one β per cell type, as "
+                        "PC-DARTS)")
+    # `train` is passed positionally so that nn.remat can hold it static (keywords are traced).
+    cell_cls = nn.remat(DartsCell, static_argnums=(4,)) if self.remat == "cell" else DartsCell
     x = x.astype(self.dtype)
     c = self.channels
     stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
@@ -237,10 +378,21 @@ class DartsSearchNetwork(nn.Module):
       reduction = i in reductions
       if reduction:
         c_curr *= 2
-      w = weights["reduce" if reduction else "normal"].astype(self.dtype)
-      cell = DartsCell(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
-                       self.skip_noise, name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, w, train=train)
+      if self.cell_sharing == "none":
+        w = weights["cells"][i].astype(self.dtype)
+      else:
+        w = weights["reduce" if reduction else "normal"].astype(self.dtype)
+      cell = cell_cls(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
+                      self.skip_noise, self.partial_channels, self.remat == "op",
+                      name=f"cell_{i}")
+      edge_w = None
+      if self.edge_normalization:
+        edge_w = weights["reduce_edges" if reduction else "normal_edges"].astype(self.dtype)
+      out = cell(s0, s1, w, train, edge_w)
+      if gates is not None:
+        g = gates[i].astype(self.dtype)
+        out = g * out + (1 - g) * s1 if out.shape == s1.shape else g * out
+      s0, s1 = s1, out
       reduction_prev = reduction
     x = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
