@@ -70,8 +70,7 @@ def drop_path(x, drop_prob, key):
 
 def _avg_pool_valid(x, k: int, stride: int):
   """k×k average pool without padding (``count_include_pad`` is moot there)."""
-  total = lax.reduce_window(x, jnp.zeros((), x.dtype), lax.add, (1, k, k, 1),
-                            (1, stride, stride, 1), "VALID")
+  total = lax.reduce_window(x, 0.0, lax.add, (1, k, k, 1), (1, stride, stride, 1), "VALID")
   return total / jnp.asarray(k * k, x.dtype)
 
 

@@ -226,3 +226,22 @@ def test_bad_inputs_raise_one_line():
   with pytest.raises(JaxnasError, match="no auxiliary head"):
     evalnet.build(genotypes.get("NB201_RESNET"), channels=4, cells=1, num_classes=10,
                   auxiliary=True)
+
+
+def test_auxiliary_head_gradient_matches_finite_differences():
+  # The head's 5×5 stride-3 average pool must be differentiable: the directional derivative of
+  # its summed logits (train mode) equals a float64 central difference along a random direction.
+  head = evalnet.AuxiliaryHeadCIFAR(num_classes=3, dtype=F64)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 8, 8, 4)))
+  variables = head.init(jax.random.key(0), x, train=False)
+
+  def f(x):
+    return jnp.sum(head.apply(variables, x, train=True, mutable=["batch_stats"])[0] ** 2)
+
+  value_and_grad = jax.jit(jax.value_and_grad(f))
+  _, g = value_and_grad(x)
+  v = jnp.asarray(rng.standard_normal(x.shape))
+  eps = 1e-6
+  fd = (value_and_grad(x + eps * v)[0] - value_and_grad(x - eps * v)[0]) / (2 * eps)
+  np.testing.assert_allclose(float(jnp.vdot(g, v)), float(fd), rtol=1e-6)
