@@ -360,13 +360,42 @@ def test_derive_cells_refuses_a_genotype_whose_cell_count_does_not_fit(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", ["d-darts", "dartopti"])
-def test_recipe_runs_three_steps_from_the_command_line(variant, tmp_path):
-  argv = ["search", "--space", "darts", "--method", variant, "--steps", "3", "--batch-size", "8",
-          "--channels", "2", "--out", str(tmp_path / "run"), "--no-compile-cache"]
-  if variant == "d-darts":
-    argv += ["--cells", "3"]
+def test_d_darts_runs_three_steps_from_the_command_line(tmp_path):
+  argv = ["search", "--space", "darts", "--method", "d-darts", "--steps", "3", "--batch-size", "8",
+          "--channels", "2", "--cells", "3", "--out", str(tmp_path / "run"),
+          "--no-compile-cache"]
   assert cli.main(argv) == 0
-  lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+  lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
   assert len(lines) == 3
-  assert "reg/ddarts-ablation" in json.loads(lines[-1]) or variant == "dartopti"
+  assert lines[-1]["reg/ddarts-ablation/weight"] == 0.5
+  assert lines[-1]["reg/zero-one-cells/weight"] == 8.0
+  with np.load(tmp_path / "run" / "alphas.npz") as f:
+    assert f["cells"].shape == (3, 14, 8)
+
+
+# --- DARTOpti encodings (data only) ---------------------------------------------------------------
+
+
+def test_dartopti_op_set_is_darts_without_none_plus_five():
+  from jaxnas.spaces import dartopti_ops as do
+  assert len(do.DARTOPTI_OPS) == 12
+  assert set(do.DARTOPTI_OPS) - set(derive.DARTS_OPS) == {
+      "conv_3x1_1x3", "conv_7x1_1x7", "simple_conv_1x1", "simple_conv_3x3", "bottleneck_1x3x1"}
+  assert set(derive.DARTS_OPS) - set(do.DARTOPTI_OPS) == {"none"}
+
+
+def test_resnet18_alphas_by_hand():
+  from jaxnas.spaces import dartopti_ops as do
+  a = do.genotype_alphas(do.handmade("resnet18"))
+  assert a.shape == (1, 14, 12)
+  conv, skip = do.DARTOPTI_OPS.index("simple_conv_3x3"), do.DARTOPTI_OPS.index("skip_connect")
+  # rows: node 2 = 0-1, node 3 = 2-4, node 4 = 5-8, node 5 = 9-13; (node, src) -> row
+  want = np.zeros((14, 12))
+  for row, op in ((0, conv), (4, conv), (2, skip), (8, conv), (13, conv), (12, skip)):
+    want[row, op] = 10.0
+  np.testing.assert_array_equal(a[0], want)
+  r50 = do.genotype_alphas(do.handmade("resnet50"))
+  assert r50.shape == (3, 27, 12)  # six nodes: 2+3+4+5+6+7 edges
+  assert [int((c == 10).sum()) for c in r50] == [6, 8, 12]
+  with pytest.raises(JaxnasError, match="unknown hand-made network 'vgg'"):
+    do.handmade("vgg")
