@@ -158,6 +158,25 @@ def _state_label(space: str, state: int, num_states: int | None = None) -> str:
   return {0: r"$c_{k-2}$", 1: r"$c_{k-1}$"}.get(state, str(state - 2))
 
 
+def _cell_tables(mixing: dict, num_ops: int) -> tuple[dict, list]:
+  """The ``(edges, ops)`` tables of a mixing dict, and the keys that are not such tables.
+
+  ``(E, K)`` arrays are cell types (``normal``, ``reduce``, ``cell``); a ``(N, E, K)`` array (one
+  table per cell, D-DARTS' ``cells``) becomes ``cells_0 .. cells_{N-1}``; anything else (PC-DARTS'
+  per-edge β, ``normal_edges``) is left out and named.
+  """
+  tables, skipped = {}, []
+  for key, value in mixing.items():
+    value = np.asarray(value)
+    if value.ndim == 2 and value.shape[1] == num_ops:
+      tables[key] = value
+    elif value.ndim == 3 and value.shape[2] == num_ops:
+      tables.update({f"{key}_{i}": v for i, v in enumerate(value)})
+    else:
+      skipped.append(key)
+  return tables, skipped
+
+
 def _edges(space: str, num_edges: int) -> list[tuple[int, int]]:
   """``(to_state, from_state)`` of each alphas row, in the space's edge order."""
   from jaxnas import derive
@@ -548,9 +567,16 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
   written, notes = [], []
   mixing_of = _relaxation(run)
 
+  def tables(alphas):
+    found, skipped = _cell_tables(mixing_of(alphas), len(run.op_names))
+    for key in skipped:
+      if f"{key} is not an edges x operations table" not in " ".join(notes):
+        notes.append(f"{key} is not an edges x operations table: not drawn")
+    return found
+
   snaps = _snapshots(run)
   if snaps:
-    mixings = [mixing_of(a) for _, a in snaps]
+    mixings = [tables(a) for _, a in snaps]
     for cell in mixings[0]:
       written.append(plot_mixing_trajectory(
           [s for s, _ in snaps], mixings, cell, space=run.space, op_names=run.op_names,
@@ -567,7 +593,7 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
     except (OSError, ValueError) as e:
       raise JaxnasError(f"{alphas_path} cannot be read ({e}); the run directory is damaged") \
           from None
-    written.append(plot_mixing_final(mixing_of(final), space=run.space, op_names=run.op_names,
+    written.append(plot_mixing_final(tables(final), space=run.space, op_names=run.op_names,
                                      path=out / "mixing_final.png", title=title))
   else:
     notes.append(f"no {alphas_path.name} (the search did not finish): no final mixing weights")

@@ -180,3 +180,11 @@ def test_a_run_with_nothing_to_plot_is_one_line(tmp_path, capsys):
 def test_library_error_is_a_jaxnas_error(tmp_path):
   with pytest.raises(JaxnasError, match="config.json not found"):
     plots.plot_run(tmp_path)
+
+
+def test_only_edge_by_operation_tables_are_drawn():
+  mixing = {"normal": np.zeros((14, 8)), "normal_edges": np.zeros(14),
+            "cells": np.arange(3 * 14 * 8.0).reshape(3, 14, 8)}
+  tables, skipped = plots._cell_tables(mixing, 8)
+  assert list(tables) == ["normal", "cells_0", "cells_1", "cells_2"] and skipped == ["normal_edges"]
+  np.testing.assert_array_equal(tables["cells_2"], mixing["cells"][2])
