@@ -35,6 +35,7 @@ import base64
 import hashlib
 import logging
 import pathlib
+import sys
 from typing import Any, Optional
 
 import jax
@@ -110,6 +111,29 @@ def decode(value):
   if isinstance(value, list):
     return [decode(v) for v in value]
   return value
+
+
+def _drop_late_loop_callbacks() -> None:
+  """Installs (once) a ``sys.unraisablehook`` filter for one report that follows a failed read.
+
+  When one array of a damaged checkpoint cannot be read, orbax closes its event loop while
+  tensorstore still finishes the other reads; their callbacks then find the loop closed and each
+  reports ``RuntimeError('Event loop is closed')`` as an unraisable exception, a traceback on
+  stderr after our one-line error. The filter drops exactly those reports and passes every other
+  one to the hook that was there before.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "_jaxnas_loop_filter", False):
+    return
+
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    previous(unraisable)
+
+  hook._jaxnas_loop_filter = True
+  sys.unraisablehook = hook
 
 
 def _one_line(e: BaseException) -> str:
@@ -226,6 +250,7 @@ class Checkpoints:
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(np.shape(x), _dtype(x), sharding=sharding),
         stored_like)
+    _drop_late_loop_callbacks()
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract)))["state"]
