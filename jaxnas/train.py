@@ -387,8 +387,9 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
                              else f", {counts[1]:,} with the auxiliary head")
   print(f"run directory: {run_dir}", file=stdout)
   print(f"{genotype.space} network of genotype {label}: C={cfg.channels}, "
-        f"{'L' if genotype.space == 'darts' else 'N'}={cfg.cells}; parameters: {params_plain:,} "
-        f"without the auxiliary head{with_aux((params_plain, params_aux))}"
+        f"{'L' if genotype.space == 'darts' else 'N'}={cfg.cells}; parameters: {params_plain:,}"
+        + ("" if genotype.space == "nb201" else " without the auxiliary head")
+        + with_aux((params_plain, params_aux))
         + ("" if data_shape[-1] == 3 else
            f" ({data_shape[-1]}-channel images; for 3-channel ones as in the papers: "
            f"{paper_params[0]:,}{with_aux(paper_params)})"), file=stdout)
