@@ -518,11 +518,12 @@ def plot_curves(rows: list[dict], path, *, steps_per_epoch: int | None = None,
       if np.isfinite(values).any():
         ax.plot(step, values, color=colour, lw=1.2, label=label, marker="o" if len(step) < 3
                 else None)
-    if steps_per_epoch and len(step) and step.max() > steps_per_epoch:
-      for e in range(steps_per_epoch, int(step.max()), steps_per_epoch):
-        ax.axvline(e, color="0.8", lw=0.7, zorder=0)
-    ax.set_xlabel("step" + (f" (epochs of {steps_per_epoch}, grey lines)" if steps_per_epoch
-                            else ""), fontsize=9)
+    ends = (range(steps_per_epoch, int(step.max()), steps_per_epoch)
+            if steps_per_epoch and len(step) else ())
+    for e in ends:
+      ax.axvline(e, color="0.8", lw=0.7, zorder=0)
+    ax.set_xlabel("step" + (f" (grey lines: ends of epochs of {steps_per_epoch} steps)"
+                            if len(ends) else ""), fontsize=9)
     ax.set_ylabel(name, fontsize=9)
     ax.grid(alpha=0.3, lw=0.5)
     ax.tick_params(labelsize=8)

@@ -16,7 +16,8 @@ def _config(space, recipe="darts-1st", relaxation="softmax"):
 
 
 def _write_run(root, space, *, shapes, genotype, trajectory=True, relaxation="softmax"):
-  """A finished run directory as jaxnas.run writes it: config, metrics, alphas, genotype, snapshots."""
+  """A finished run directory as jaxnas.run writes it: config, metrics, alphas, genotype, and
+  snapshots."""
   root.mkdir()
   (root / "config.json").write_text(json.dumps(_config(space, relaxation=relaxation)))
   rng = np.random.default_rng(0)
