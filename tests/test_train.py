@@ -184,3 +184,30 @@ def test_cli_trains_end_to_end(tmp_path, capsys):
   summary = json.loads((out / "summary.json").read_text())
   assert summary["test_accuracy"] == evals[-1]["test_accuracy"] > 0.1
   assert (out / "weights.msgpack").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_32x32_run_with_augmentation_and_auxiliary_head(tmp_path, monkeypatch, capsys):
+  """The paper's path on synthetic 32×32×3 images: crop, flip, cutout, auxiliary head."""
+  from jaxnas.data.dataset import make_dataset
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (48, 32, 32, 3))
+  labels = rng.integers(0, 10, 48)
+  fake = make_dataset("cifar10", images, labels, train_idx=np.arange(0, 20),
+                      val_idx=np.arange(20, 40), test_idx=np.arange(40, 48), max_value=255,
+                      num_classes=10)
+  monkeypatch.setattr(train.data, "load", lambda name, data_dir=None: fake)
+  out = tmp_path / "run"
+  assert cli.main(["train", "--genotype", "DARTS_V2", "--dataset", "cifar10", "--channels", "2",
+                   "--cells", "3", "--epochs", "1", "--batch-size", "8", "--log-every", "1",
+                   "--out", str(out), "--no-compile-cache"]) == 0
+  config = json.loads((out / "config.json").read_text())
+  assert config["config"]["auxiliary_weight"] == 0.4 and config["config"]["cutout"] == 16
+  assert config["augmentation"] == {"crop_padding": 4, "flip": True, "cutout": 16,
+                                    "available": True}
+  lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+  steps = [l for l in lines if "train_aux_ce" in l]
+  assert len(steps) == 5 and all(math.isfinite(l["train_loss"]) for l in steps)
+  for l in steps:
+    np.testing.assert_allclose(l["train_loss"], l["train_ce"] + 0.4 * l["train_aux_ce"],
+                               rtol=1e-5)
