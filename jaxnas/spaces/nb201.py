@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnas.derive import NB201_EDGES, NB201_OPS
+from jaxnas.errors import JaxnasError
 from jaxnas.spaces.layers import BatchNorm, add_skip_noise, avg_pool_3x3, conv2d, torch_uniform
 
 __all__ = ["NB201_OPS", "NB201_EDGES", "NB201SearchNetwork", "ResNetBasicBlock"]
@@ -49,7 +50,7 @@ class NB201EdgeGroup(nn.Module):
   skip_noise: float = 0.0
 
   @nn.compact
-  def __call__(self, x, weights, *, train: bool):
+  def __call__(self, x, weights, train: bool):
     e, c = self.num_edges, self.channels
     b, h, w_, cin = x.shape
     r = jax.nn.relu(x)
@@ -85,16 +86,19 @@ class NB201Cell(nn.Module):
   train: bool
   dtype: Dtype = jnp.float32
   skip_noise: float = 0.0
+  remat_ops: bool = False
 
   @nn.compact
   def __call__(self, x, weights):
     nodes = [x]
     inbox = {1: [], 2: [], 3: []}
+    # `train` positional so nn.remat holds it static; no CSE guard needed inside the stage's scan.
+    group_cls = (nn.remat(NB201EdgeGroup, static_argnums=(3,), prevent_cse=False)
+                 if self.remat_ops else NB201EdgeGroup)
     for src in range(3):
       edges = _EDGES_FROM[src]
-      out = NB201EdgeGroup(len(edges), self.channels, self.dtype, self.skip_noise,
-                           name=f"from_{src}")(
-          nodes[src], weights[jnp.array(edges)], train=self.train)
+      out = group_cls(len(edges), self.channels, self.dtype, self.skip_noise,
+                      name=f"from_{src}")(nodes[src], weights[jnp.array(edges)], self.train)
       for slot, e in enumerate(edges):
         inbox[NB201_EDGES[e][0]].append(out[..., slot, :])
       nodes.append(sum(inbox[src + 1]))
@@ -149,6 +153,9 @@ class NB201SearchNetwork(nn.Module):
     num_classes: classifier outputs.
     dtype: parameter and computation dtype.
     skip_noise: NoisyDARTS' λ (see ``layers.add_skip_noise``); 0 turns it off.
+    remat: ``"none"``, ``"cell"`` (``flax.linen.remat``, i.e. ``jax.checkpoint``, on every cell:
+      only its input is kept for the backward pass, its inside is recomputed) or ``"op"`` (on every
+      group of mixed ops). The same function, less memory, more compute.
 
   ``__call__(x, weights, *, train)`` takes ``x`` of shape (B, H, W, in_channels) and ``weights =
   {"cell": (6, 5)}``, the output of a relaxation, shared by every cell.
@@ -159,6 +166,7 @@ class NB201SearchNetwork(nn.Module):
   num_classes: int = 10
   dtype: Dtype = jnp.float32
   skip_noise: float = 0.0
+  remat: str = "none"
 
   op_names: Sequence[str] = NB201_OPS
   space_name = "nb201"
@@ -175,6 +183,10 @@ class NB201SearchNetwork(nn.Module):
   def __call__(self, x, weights, *, train: bool):
     from jaxnas.spaces import check_weights
     check_weights(weights, self.alpha_shapes(), "nb201")
+    if self.remat not in ("none", "cell", "op"):
+      raise JaxnasError(f"remat is {self.remat!r}; choose one of none, cell, op")
+    # Inside the stage's scan, remat needs no CSE guard (flax.linen.remat's docstring).
+    cell_cls = nn.remat(NB201Cell, prevent_cse=False) if self.remat == "cell" else NB201Cell
     x = x.astype(self.dtype)
     w = weights["cell"].astype(self.dtype)
     c = self.channels
@@ -186,12 +198,13 @@ class NB201SearchNetwork(nn.Module):
       if stage > 0:
         x = ResNetBasicBlock(width, self.dtype, name=f"reduce_{stage}")(x, train=train)
       stage_cells = nn.scan(
-          NB201Cell,
+          cell_cls,
           variable_axes={"params": 0, "batch_stats": 0},
           split_rngs={"params": True, "noise": True},
           in_axes=nn.broadcast,
           length=self.cells_per_stage)
-      x, _ = stage_cells(width, train, self.dtype, self.skip_noise, name=f"stage_{stage}")(x, w)
+      x, _ = stage_cells(width, train, self.dtype, self.skip_noise, self.remat == "op",
+                         name=f"stage_{stage}")(x, w)
     x = jax.nn.relu(BatchNorm(affine=True, dtype=self.dtype, name="lastact_bn")(x, train=train))
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
