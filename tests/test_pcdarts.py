@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnas import cli, derive, methods, relax
+from jaxnas import cli, derive, methods, relax, spaces
 from jaxnas.errors import JaxnasError
 from jaxnas.run import count_params
 from jaxnas.spaces.darts import (DARTS_EDGES, DartsCell, DartsEdgeGroup, DartsSearchNetwork,
@@ -166,6 +166,12 @@ def test_supernet_parameter_count_equals_the_reference_code(c, layers, k):
   if (c, layers, k) == (16, 8, 4):  # the search configuration: 299,578 against DARTS' 1,930,618
     assert _reference_pc_darts_params(16, 8, 4) == 299_578
     assert _reference_pc_darts_params(16, 8, 1) == 1_930_618
+
+
+def test_pc_darts_on_a_space_without_partial_channels_is_a_one_line_error():
+  with pytest.raises(JaxnasError, match="nb201 space has no option edge_normalization, "
+                                        "partial_channels"):
+    spaces.get("nb201", **dict(methods.get("pc-darts").space_options))
 
 
 def test_bad_partial_channels_are_one_line_errors():

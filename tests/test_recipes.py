@@ -11,6 +11,8 @@ from jaxnas.errors import JaxnasError
 from jaxnas.run import SearchConfig, run_search
 
 TINY = ["--channels", "2", "--cells", "1", "--batch-size", "8", "--no-compile-cache"]
+# Recipes whose space options need more channels (PC-DARTS: C/4 even in the reduction cell).
+_CHANNELS = {"pc-darts": ["--channels", "8"]}
 
 
 def _space_for(recipe):
@@ -36,7 +38,8 @@ def test_every_recipe_runs_three_steps_from_the_command_line(name, tmp_path, cap
   recipe = methods.get(name)
   space = _space_for(recipe)
   out = tmp_path / "run"
-  code = cli.main(["search", "--method", name, "--space", space, *TINY, "--steps", "3",
+  code = cli.main(["search", "--method", name, "--space", space, *TINY,
+                   *_CHANNELS.get(name, []), "--steps", "3",
                    "--out", str(out)])
   captured = capsys.readouterr()
   assert code == 0, captured.err

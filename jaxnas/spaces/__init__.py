@@ -7,6 +7,8 @@ rule's name). ``get(name, **config)`` builds one from the registry.
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxnas.errors import JaxnasError, unknown_name
 from jaxnas.spaces.darts import DARTS_EDGES, DARTS_OPS, DartsSearchNetwork
 from jaxnas.spaces.nb201 import NB201_EDGES, NB201_OPS, NB201SearchNetwork
@@ -26,6 +28,11 @@ def get(name: str, **config):
   """
   if name not in SPACES:
     raise unknown_name("search space", name, SPACES)
+  known = {f.name for f in dataclasses.fields(SPACES[name])} | {"sampled"}
+  unknown = sorted(set(config) - known)
+  if unknown:  # e.g. PC-DARTS' partial_channels on nb201
+    raise JaxnasError(f"the {name} space has no option {', '.join(unknown)} (a method's space "
+                      f"options or a flag); use a space that has it, e.g. --space darts")
   if config.pop("sampled", False):
     from jaxnas.spaces import sampled  # noqa: PLC0415
     return {"darts": sampled.SampledDartsSearchNetwork,
