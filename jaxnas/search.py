@@ -112,9 +112,15 @@ def _accuracy(logits, labels):
 
 
 def mixing_entropy(weights):
-  """Mean over edges of the entropy −Σ_k p_k log p_k of each edge's normalised mixing weights."""
+  """Mean over edges of the entropy −Σ_k p_k log p_k of each edge's normalised mixing weights.
+
+  One-axis leaves (PC-DARTS' per-edge weights β, one number per edge) are not operation mixtures
+  and are left out.
+  """
   ents = []
   for w in jax.tree.leaves(weights):
+    if w.ndim < 2:
+      continue
     p = w / jnp.sum(w, axis=-1, keepdims=True)
     ents.append(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1))
   return jnp.mean(jnp.concatenate([e.reshape(-1) for e in ents]))
