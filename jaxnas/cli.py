@@ -144,9 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
                                   "genotypes, NAS-Bench-201's TinyNetwork for nb201 ones) and "
                                   "train it; unset options take the paper's defaults for 32x32 "
                                   "data and smaller ones for the 8x8 digits.")
-  tr.add_argument("--genotype", required=True, metavar="FILE|RUN_DIR|NAME",
+  tr.add_argument("--genotype", default=None, metavar="FILE|RUN_DIR|NAME",
                   help="a genotype.json, a search run directory, or a published name "
-                       "(DARTS_V2, PC_DARTS, PDARTS, ...)")
+                       "(DARTS_V2, PC_DARTS, PDARTS, ...); required unless --resume")
   tr.add_argument("--dataset", default="digits", help="data set (default: the embedded digits)")
   tr.add_argument("--data-dir", default=None, help="where the data set's files are")
   tr.add_argument("--epochs", type=_int, default=None, help="epochs (600 darts / 200 nb201)")
@@ -167,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
   tr.add_argument("--dry-run", action="store_true",
                   help="build the network, print parameter counts and mult-adds, write "
                        "config.json and stop")
+  tck = tr.add_argument_group("checkpoints", "RUN_DIR/checkpoints: the whole train state, atomic")
+  tck.add_argument("--checkpoint-every", type=_int, default=None, metavar="N",
+                   help="steps between checkpoints (default: each epoch; 0: only at the end)")
+  tck.add_argument("--keep", type=_int, default=3, metavar="K",
+                   help="keep the newest K checkpoints (default 3)")
+  tck.add_argument("--resume", action="store_true",
+                   help="continue the run in --out RUN_DIR from its newest checkpoint, with the "
+                        "configuration of its config.json (other flags must agree with it)")
   tr.add_argument("--no-compile-cache", action="store_true",
                   help="do not use the persistent XLA compilation cache")
 
@@ -348,16 +356,37 @@ def _plot(args) -> int:
   return 0
 
 
+def _train_config(args):
+  from jaxnas.train import TrainConfig
+  return TrainConfig(genotype=args.genotype, dataset=args.dataset, data_dir=args.data_dir,
+                     epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
+                     cells=args.cells, auxiliary_weight=args.auxiliary_weight,
+                     drop_path=args.drop_path, cutout=args.cutout, lr=args.lr, seed=args.seed,
+                     out=args.out, log_every=args.log_every, dry_run=args.dry_run,
+                     checkpoint_every=args.checkpoint_every, keep=args.keep)
+
+
 def _train(args) -> int:
   _xla_gpu_workaround("darts")  # the evaluation cells hold the same depthwise/1x1 convs
-  from jaxnas.train import TrainConfig, run_train
-  cfg = TrainConfig(genotype=args.genotype, dataset=args.dataset, data_dir=args.data_dir,
-                    epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
-                    cells=args.cells, auxiliary_weight=args.auxiliary_weight,
-                    drop_path=args.drop_path, cutout=args.cutout, lr=args.lr, seed=args.seed,
-                    out=args.out, log_every=args.log_every, dry_run=args.dry_run)
+  from jaxnas import train
+  cfg = _train_config(args)
+  if args.resume:
+    if args.out is None:
+      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+    resumed = train.resume_config(args.out)
+    defaults = build_parser().parse_args(["train"])
+    train.check_resume_flags(resumed, cfg, _train_config(defaults))
+    cfg = dataclasses.replace(  # --checkpoint-every and --keep may change; else the run's values
+        resumed, checkpoint_every=(resumed.checkpoint_every if args.checkpoint_every is None
+                                   else args.checkpoint_every),
+        keep=resumed.keep if args.keep == defaults.keep else args.keep)
+    with _compile_cache(not args.no_compile_cache):
+      train.run_train(cfg, resume=True)
+    return 0
+  if args.genotype is None:
+    raise JaxnasError("train needs --genotype FILE|RUN_DIR|NAME (or --resume --out RUN_DIR)")
   with _compile_cache(not args.no_compile_cache and not args.dry_run):
-    run_train(cfg)
+    train.run_train(cfg)
   return 0
 
 

@@ -12,8 +12,12 @@ defaults shrink to what fits (see :data:`_DEFAULTS`).
 The network trains on the data set's search-train and search-val parts together (the whole training
 set, as the reference) and is evaluated on its test part after every epoch. The run directory holds
 ``config.json``, ``metrics.jsonl`` (one line per logged step, one per epoch's evaluation),
-``weights.msgpack`` (final params and batch statistics, ``flax.serialization``) and
-``summary.json``.
+``weights.msgpack`` (final params and batch statistics, ``flax.serialization``),
+``summary.json`` and ``checkpoints/`` (:mod:`jaxnas.checkpoint`: the whole :class:`TrainState`
+every ``--checkpoint-every`` steps and at the end, the newest ``--keep`` kept), from which
+``jaxnas train --resume --out RUN_DIR`` continues. Batches, augmentation and drop-path masks are
+pure functions of (seed, step), so a resumed run is bit for bit the run never interrupted (on one
+machine). A step whose loss, gradient or new weights are not finite stops the run with one line.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import pathlib
 import sys
 import time
@@ -36,11 +41,12 @@ import optax
 
 from jaxnas import data, derive, evalnet, genotypes
 from jaxnas.errors import JaxnasError
-from jaxnas.run import _jsonable, _make_run_dir, _versions
+from jaxnas.run import _jsonable, _make_run_dir, _truncate_metrics, _versions
 from jaxnas.search import cross_entropy, epoch_cosine_schedule
 
 __all__ = ["TrainConfig", "TrainState", "load_genotype", "resolve", "validate", "make_optimizer",
-           "make_train_step", "init_train_state", "evaluate", "run_train"]
+           "make_train_step", "init_train_state", "evaluate", "run_train", "NONFINITE_QUANTITIES",
+           "nonfinite_mask", "describe_nonfinite", "resume_config", "check_resume_flags"]
 
 # Defaults by (genotype space, image size class). "paper": 32×32 images, the papers' protocols.
 # "small": images under 32×32 (digits): the auxiliary head cannot be built (it needs 8×8 at cell
@@ -84,6 +90,8 @@ class TrainConfig:
   out: Optional[str] = None
   log_every: int = 50
   dry_run: bool = False
+  checkpoint_every: Optional[int] = None  # steps between checkpoints (None: each epoch; 0: end)
+  keep: int = 3  # checkpoints kept (the newest)
 
 
 class TrainState(NamedTuple):
@@ -154,7 +162,8 @@ def validate(cfg: TrainConfig, space: Optional[str] = None, image_shape=None) ->
   for value, flag, low in ((cfg.epochs, "--epochs", 1), (cfg.batch_size, "--batch-size", 1),
                            (cfg.channels, "--channels", 1), (cfg.cells, "--cells", 1),
                            (cfg.cutout, "--cutout", 0), (cfg.seed, "--seed", 0),
-                           (cfg.log_every, "--log-every", 1)):
+                           (cfg.log_every, "--log-every", 1),
+                           (cfg.checkpoint_every, "--checkpoint-every", 0), (cfg.keep, "--keep", 1)):
     _whole(value, flag, low)
   _real(cfg.auxiliary_weight, "--auxiliary-weight", 0.0, math.inf, True)
   _real(cfg.drop_path, "--drop-path", 0.0, 1.0, True)
@@ -209,6 +218,54 @@ def make_optimizer(cfg: TrainConfig, *, steps_per_epoch: int):
   return optax.chain(*parts), schedule
 
 
+# Bit i of the step's "nonfinite" mask stands for the i-th quantity (metrics key, words).
+NONFINITE_QUANTITIES = (("train_loss", "training loss"), ("grad_norm", "weight gradient"),
+                        ("weights", "weights"), ("batch_stats", "batch statistics"))
+
+
+def nonfinite_mask(metrics, params, batch_stats):
+  r"""A bit mask of the training step's quantities that are not finite: 0 when all are.
+
+  .. math:: m = \sum_i 2^i \, [\lnot \mathrm{isfinite}(q_i)]
+
+  with :math:`q_i` the i-th entry of :data:`NONFINITE_QUANTITIES`: the training loss, the norm of
+  the weight gradient (finite exactly when every entry is, up to overflow of the sum of squares),
+  every updated weight and every BN running statistic. The same check as
+  :func:`jaxnas.search.nonfinite_mask` for the search (issue 7); not in quark0/darts, which trains
+  on through NaN. A few ``isfinite`` reductions inside the jitted step, so the loop stops at the
+  first bad step reading one integer back.
+  """
+  trees = {"weights": params, "batch_stats": batch_stats}
+  mask = jnp.zeros((), jnp.int32)
+  for bit, (name, _) in enumerate(NONFINITE_QUANTITIES):
+    if name in trees:
+      leaves = jax.tree.leaves(trees[name])
+      if not leaves:
+        continue
+      ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+    elif name in metrics:
+      ok = jnp.isfinite(metrics[name])
+    else:
+      continue
+    mask = mask | jnp.where(ok, 0, 1 << bit).astype(jnp.int32)
+  return mask
+
+
+def describe_nonfinite(mask: int, metrics: dict) -> str:
+  """The first quantity flagged in ``mask`` (:func:`nonfinite_mask`) in words, e.g.
+  ``"training loss is NaN"``; ``metrics`` (host values) tell NaN from Inf where they can."""
+  for bit, (name, words) in enumerate(NONFINITE_QUANTITIES):
+    if not int(mask) >> bit & 1:
+      continue
+    value = metrics.get(name)
+    if isinstance(value, float) and math.isnan(value):
+      return f"{words} is NaN"
+    if isinstance(value, float) and math.isinf(value):
+      return f"{words} is {'-' if value < 0 else ''}Inf"
+    return f"{words} {'are' if words.endswith('s') else 'is'} not finite"
+  return "no quantity is non-finite"
+
+
 def make_train_step(model, tx, schedule, *, auxiliary_weight: float, drop_path: float,
                     steps_per_epoch: int, epochs: int, jit: bool = True):
   r"""``train_step(state, batch) -> (state, metrics)``, one SGD step of the evaluation network.
@@ -219,7 +276,8 @@ def make_train_step(model, tx, schedule, *, auxiliary_weight: float, drop_path: 
   with the network in train mode and drop-path probability :math:`p_e` at epoch ``e`` (from 0),
   as quark0/darts sets ``model.drop_path_prob`` at the start of each epoch. The drop-path masks
   come from ``fold_in(state.key, state.step)``. The epoch is read from ``state.step`` inside the
-  program, so one compilation serves the whole run.
+  program, so one compilation serves the whole run. ``metrics["nonfinite"]`` is
+  :func:`nonfinite_mask` of the step (0 when its loss, gradient and new state are finite).
   """
   use_aux = bool(auxiliary_weight)
 
@@ -253,6 +311,7 @@ def make_train_step(model, tx, schedule, *, auxiliary_weight: float, drop_path: 
                "grad_norm": optax.tree.norm(grads), "lr": lr, "drop_prob": drop_prob}
     if use_aux:
       metrics["train_aux_ce"] = aux["aux_ce"]
+    metrics["nonfinite"] = nonfinite_mask(metrics, params, aux["batch_stats"])
     new_state = TrainState(params=params, batch_stats=aux["batch_stats"], opt_state=opt_state,
                            step=state.step + 1, key=state.key)
     return new_state, metrics
@@ -316,22 +375,103 @@ def _default_out(cfg: TrainConfig, genotype_label: str) -> pathlib.Path:
   return pathlib.Path("runs") / f"train-{genotype_label}-{cfg.dataset}-s{cfg.seed}-{stamp}"
 
 
-def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
+# Resuming (issue 7): the config from config.json, the loop position in each checkpoint.
+
+_RESUME_OVERRIDES = ("out", "checkpoint_every", "keep", "dry_run")  # may differ on --resume
+
+
+def resume_config(run_dir) -> TrainConfig:
+  """The :class:`TrainConfig` of the training run that wrote ``run_dir/config.json``.
+
+  ``out`` is ``run_dir`` and ``dry_run`` False (a dry run's directory resumes into a real run).
+  The genotype itself is read back from the same file by :func:`run_train`, so a resumed run does
+  not depend on the genotype file it started from.
+
+  Raises:
+    JaxnasError: if ``run_dir`` has no readable ``jaxnas train`` config.json.
+  """
+  path = pathlib.Path(run_dir) / "config.json"
+  if not path.is_file():
+    raise JaxnasError(f"{path} not found; --resume needs --out RUN_DIR of an earlier "
+                      "'jaxnas train'")
+  try:
+    config = json.loads(path.read_text())
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in config["config"].items() if k in known})
+    derive.Genotype.from_dict(config["genotype"])
+  except (ValueError, KeyError, TypeError, AttributeError, JaxnasError) as e:
+    raise JaxnasError(f"{path} is not a jaxnas train config.json ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); cannot resume") from None
+  return dataclasses.replace(cfg, out=str(run_dir), dry_run=False)
+
+
+def check_resume_flags(cfg: TrainConfig, given: TrainConfig, defaults: TrainConfig) -> None:
+  """Raises a one-line error if ``given`` (the command line) sets a field unlike ``cfg`` (the run's).
+
+  A field counts as set when it differs from ``defaults`` (the command line's own defaults);
+  ``--out``, ``--checkpoint-every`` and ``--keep`` may change on resume, nothing else may (as
+  :func:`jaxnas.run.check_resume_flags` for the search).
+  """
+  for f in dataclasses.fields(TrainConfig):
+    if f.name in _RESUME_OVERRIDES:
+      continue
+    value = getattr(given, f.name)
+    if value != getattr(defaults, f.name) and value != getattr(cfg, f.name):
+      flag = "--" + f.name.replace("_", "-")
+      raise JaxnasError(f"{flag} {value!r} conflicts with the run's config.json "
+                        f"({f.name} = {getattr(cfg, f.name)!r}); --resume takes the "
+                        f"configuration from there: leave {flag} out")
+
+
+def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib.Path:
   """Builds the genotype's network, writes the run directory and (unless a dry run) trains it.
 
   A dry run prints the parameter counts without and with the auxiliary head and the multiply-adds
   of one 32×32 forward pass (the papers' figure) and of one forward pass at the data's image size,
   writes ``config.json`` and stops.
 
+  Checkpoints (:mod:`jaxnas.checkpoint`) go to ``checkpoints/`` every ``cfg.checkpoint_every``
+  steps (default: each epoch, after its evaluation; 0: only the last) and after the last step, the
+  newest ``cfg.keep`` kept. Each holds the whole :class:`TrainState` (weights, BN statistics,
+  optimiser state, step, PRNG key) and the loop position (step = data position, epoch, best and
+  last test figures, elapsed time). ``resume=True`` continues the run in ``cfg.out`` from its
+  newest checkpoint (from step 0 if it has none) with the genotype recorded in its config.json:
+  ``metrics.jsonl`` is cut back to that step and appended to. The batch at step ``s`` is
+  :func:`jaxnas.data.batch_at` ``(seed, s)``, its augmentation draws from
+  ``default_rng([seed, s])`` and its drop-path masks from ``fold_in(key, s)``, so the resumed run
+  ends with the same numbers, bit for bit on one machine, as one never interrupted. Use
+  :func:`resume_config` for ``cfg``.
+
+  Every step reports whether its loss, gradient and new state are finite (:func:`nonfinite_mask`);
+  the first that is not ends the run with one line naming the step, the quantity and the last good
+  checkpoint, which stays as it was (unlike quark0/darts, which trains on through NaN).
+
+  Args:
+    cfg: the training run.
+    stdout: where the progress lines go (default ``sys.stdout``).
+    resume: continue the run in the existing directory ``cfg.out`` (see above).
+
   Returns:
     The run directory.
 
   Raises:
-    JaxnasError: for a config that cannot work, before anything is written.
+    JaxnasError: for a config that cannot work, before anything is written; when resuming, for a
+      finished run, a run directory of other data, or a checkpoint that cannot be restored (damaged
+      or of another configuration), before anything is changed; for a step that is not finite.
   """
   stdout = stdout or sys.stdout
   validate(cfg)
-  genotype = load_genotype(cfg.genotype)
+  if resume:
+    if not cfg.out:
+      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+    resume_config(cfg.out)  # a readable config.json of a training run
+    saved = json.loads((pathlib.Path(cfg.out) / "config.json").read_text())
+    if (pathlib.Path(cfg.out) / "summary.json").exists():
+      raise JaxnasError(f"{cfg.out} holds a finished training run (summary.json); nothing to "
+                        "resume")
+    genotype = derive.Genotype.from_dict(saved["genotype"])
+  else:
+    genotype = load_genotype(cfg.genotype)
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
   cfg = resolve(cfg, genotype.space, dataset.image_shape)
   validate(cfg, genotype.space, dataset.image_shape)
@@ -362,7 +502,16 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
 
   label = (pathlib.Path(str(cfg.genotype)).stem if pathlib.Path(str(cfg.genotype)).exists()
            else str(cfg.genotype).lower())
-  run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg, label))
+  if resume:
+    run_dir = pathlib.Path(cfg.out)
+    recorded = (saved.get("dataset", {}).get("train"), saved.get("steps_per_epoch"),
+                saved.get("total_steps"))
+    if recorded != (len(train_x), spe, total_steps):
+      raise JaxnasError(f"{run_dir / 'config.json'} records {recorded[0]} training images in "
+                        f"{recorded[2]} steps, this data gives {len(train_x)} in {total_steps}; "
+                        "resume with the data set the run was started on")
+  else:
+    run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg, label))
   config = {
       "config": dataclasses.asdict(cfg),
       "genotype": genotype.to_dict(),
@@ -382,7 +531,8 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
       "versions": _versions(), "command": sys.argv,
       "started": datetime.datetime.now().isoformat(timespec="seconds"),
   }
-  (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+  if not resume:
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
   with_aux = lambda counts: ("" if genotype.space == "nb201"
                              else f", {counts[1]:,} with the auxiliary head")
   print(f"run directory: {run_dir}", file=stdout)
@@ -405,44 +555,82 @@ def run_train(cfg: TrainConfig, *, stdout=None) -> pathlib.Path:
 
   tx, schedule = make_optimizer(cfg, steps_per_epoch=spe)
   state = init_train_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
+  from jaxnas import checkpoint  # noqa: PLC0415  (orbax only where a run trains)
+  ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep)
+  start, position = 0, None
+  if resume and ckpts.latest_step() is not None:
+    try:
+      state, position = ckpts.restore(state)
+    except JaxnasError:
+      ckpts.close()
+      raise
+    start = int(position["step"])
+    if start != int(state.step) or start > total_steps:
+      ckpts.close()
+      raise JaxnasError(f"checkpoint {ckpts.path(start)} is at step {int(state.step)} of "
+                        f"{total_steps}; it belongs to another run")
+  if resume:
+    print(f"resuming from step {start}" + (f" ({ckpts.path(start)})" if position else
+                                           " (no checkpoint yet)"), file=stdout, flush=True)
+    _truncate_metrics(run_dir / "metrics.jsonl", start)
+  checkpoint_every = spe if cfg.checkpoint_every is None else cfg.checkpoint_every
   step_fn = make_train_step(model, tx, schedule, auxiliary_weight=cfg.auxiliary_weight,
                             drop_path=cfg.drop_path, steps_per_epoch=spe, epochs=cfg.epochs)
   fill = -dataset.mean / dataset.std
-  t0 = time.perf_counter()
-  first_step_s, best = None, 0.0
+  first_step_s, best, elapsed = None, 0.0, 0.0
   test_loss = test_acc = math.nan
-  with open(run_dir / "metrics.jsonl", "w") as log:
-    for step in range(total_steps):
-      xb, yb = data.batch_at(train_x, train_y, cfg.batch_size, seed=cfg.seed, step=step)
-      if augment is not None and (crop_flip or cfg.cutout):
-        xb = augment.augment_batch(xb, rng=np.random.default_rng([cfg.seed, step]),
-                                   crop_padding=4 if crop_flip else 0, flip=crop_flip,
-                                   cutout=cfg.cutout, fill=fill).astype(xb.dtype)
-      state, metrics = step_fn(state, {"image": xb, "label": yb})
-      if first_step_s is None:
-        jax.block_until_ready(state)
-        first_step_s = time.perf_counter() - t0
-      done = step + 1
-      if done % cfg.log_every == 0 or done % spe == 0:
-        m = _jsonable(jax.device_get(metrics))
-        m.update(step=done, epoch=math.ceil(done / spe), time_s=round(time.perf_counter() - t0, 3))
-        log.write(json.dumps(m) + "\n")
-        log.flush()
-        if not math.isfinite(m["train_loss"]):
-          raise JaxnasError(f"step {done}: the training loss is {m['train_loss']}; training "
-                            f"diverged (lower --lr); metrics so far are in {run_dir}")
-      if done % spe == 0:
-        epoch = done // spe
-        test_loss, test_acc = evaluate(model, state.params, state.batch_stats, dataset.test_x,
-                                       dataset.test_y)
-        best = max(best, test_acc)
-        log.write(json.dumps({"epoch": epoch, "step": done, "test_loss": test_loss,
-                              "test_accuracy": test_acc,
-                              "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
-        log.flush()
-        print(f"epoch {epoch}/{cfg.epochs}: train loss {m['train_loss']:.4f} acc "
-              f"{m['train_accuracy']:.3f}; test loss {test_loss:.4f} acc {test_acc:.4f}",
-              file=stdout, flush=True)
+  if position is not None:
+    best, test_loss, test_acc = position["best"], position["test_loss"], position["test_accuracy"]
+    elapsed = position["elapsed_s"]
+  t_start = time.perf_counter()
+  t0 = t_start - elapsed
+  with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
+    try:
+      for step in range(start, total_steps):
+        xb, yb = data.batch_at(train_x, train_y, cfg.batch_size, seed=cfg.seed, step=step)
+        if augment is not None and (crop_flip or cfg.cutout):
+          xb = augment.augment_batch(xb, rng=np.random.default_rng([cfg.seed, step]),
+                                     crop_padding=4 if crop_flip else 0, flip=crop_flip,
+                                     cutout=cfg.cutout, fill=fill).astype(xb.dtype)
+        state, metrics = step_fn(state, {"image": xb, "label": yb})
+        if first_step_s is None:
+          jax.block_until_ready(state)
+          first_step_s = time.perf_counter() - t_start
+        done = step + 1
+        bad = int(jax.device_get(metrics["nonfinite"]))
+        if bad or done % cfg.log_every == 0 or done % spe == 0:
+          m = _jsonable(jax.device_get(metrics))
+          m.update(step=done, epoch=math.ceil(done / spe),
+                   time_s=round(time.perf_counter() - t0, 3))
+          log.write(json.dumps(m) + "\n")
+          log.flush()
+        if bad:
+          last = ckpts.latest_step()
+          raise JaxnasError(f"step {done}: {describe_nonfinite(bad, m)} (last good checkpoint: "
+                            f"{'none' if last is None else ckpts.path(last)}); training diverged: "
+                            "lower --lr or check the data")
+        if done % spe == 0:
+          epoch = done // spe
+          test_loss, test_acc = evaluate(model, state.params, state.batch_stats, dataset.test_x,
+                                         dataset.test_y)
+          best = max(best, test_acc)
+          log.write(json.dumps({"epoch": epoch, "step": done, "test_loss": test_loss,
+                                "test_accuracy": test_acc,
+                                "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
+          log.flush()
+          print(f"epoch {epoch}/{cfg.epochs}: train loss {m['train_loss']:.4f} acc "
+                f"{m['train_accuracy']:.3f}; test loss {test_loss:.4f} acc {test_acc:.4f}",
+                file=stdout, flush=True)
+        if done == total_steps or (checkpoint_every and done % checkpoint_every == 0):
+          log.flush()  # what the checkpoint covers is on disk before it is
+          os.fsync(log.fileno())
+          ckpts.save(done, state, {"step": done, "data_step": done, "epoch": done // spe,
+                                   "best": best, "test_loss": test_loss,
+                                   "test_accuracy": test_acc,
+                                   "elapsed_s": time.perf_counter() - t0})
+    finally:
+      ckpts.close()
+  first_step_s = 0.0 if first_step_s is None else first_step_s  # None: no step was left
   train_s = time.perf_counter() - t0
   weights = {"params": jax.device_get(state.params),
              "batch_stats": jax.device_get(state.batch_stats)}
