@@ -706,6 +706,7 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
         if (stopped_at is not None or step == total_steps
             or (checkpoint_every and step % checkpoint_every == 0)):
           log.flush()
+          writer.flush()  # what the checkpoint covers is on disk before it is
           ckpts.save(step, state, _position(step, history, stopped_at, steps_done, returned_epoch,
                                             last_eigen, last_eigen_step,
                                             time.perf_counter() - t0))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import pathlib
 import struct
+import time
 from typing import Optional
 
 __all__ = ["ScalarWriter", "read_scalars", "event_files"]
@@ -30,27 +31,41 @@ _SKIPPED = ("step", "epoch", "time_s", "nonfinite", "hvp_passes")
 class ScalarWriter:
   """Writes the scalar metrics of a run's steps to a TensorBoard events file in ``logdir``.
 
+  Writes are synchronous (tensorboardX's ``EventsWriter``, not its ``SummaryWriter``, whose queue
+  and background thread may still hold events when a process is killed): after :meth:`flush`, every
+  event written so far is on disk. The search flushes before each checkpoint, so a resumed run's
+  curves have no gap.
+
   Args:
     logdir: the run directory.
-    purge_step: for a resumed run, the step it resumes from (see the module docstring); None for
-      a fresh run.
+    purge_step: for a resumed run, the first step it will write (see the module docstring); None
+      for a fresh run.
   """
 
   def __init__(self, logdir, *, purge_step: Optional[int] = None):
-    from tensorboardX import SummaryWriter  # noqa: PLC0415
+    from tensorboardX.event_file_writer import EventsWriter  # noqa: PLC0415
+    from tensorboardX.proto import event_pb2, summary_pb2  # noqa: PLC0415
+    self._event_pb2, self._summary_pb2 = event_pb2, summary_pb2
     # The suffix keeps a resumed run's file apart from one opened in the same second.
-    self._writer = SummaryWriter(str(logdir), purge_step=purge_step, flush_secs=30,
-                                 filename_suffix=f".from{purge_step or 0}")
+    self._writer = EventsWriter(str(pathlib.Path(logdir) / "events"),
+                                f".from{purge_step or 0}")
+    if purge_step is not None:  # as tensorboardX's SummaryWriter(purge_step=...) marks it
+      self._writer.write_event(event_pb2.Event(step=int(purge_step), file_version="brain.Event:2"))
+      self._writer.write_event(event_pb2.Event(
+          step=int(purge_step), session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
 
   def scalars(self, step: int, metrics: dict) -> None:
     """One scalar per finite real number in ``metrics`` (Python scalars), tagged by its key."""
-    for tag, value in metrics.items():
-      if tag in _SKIPPED or isinstance(value, bool) or not isinstance(value, (int, float)):
-        continue
-      if math.isfinite(value):
-        self._writer.add_scalar(tag, float(value), global_step=int(step))
+    values = [self._summary_pb2.Summary.Value(tag=tag, simple_value=float(value))
+              for tag, value in metrics.items()
+              if tag not in _SKIPPED and not isinstance(value, bool)
+              and isinstance(value, (int, float)) and math.isfinite(value)]
+    if values:
+      self._writer.write_event(self._event_pb2.Event(
+          wall_time=time.time(), step=int(step), summary=self._summary_pb2.Summary(value=values)))
 
   def flush(self) -> None:
+    """Puts every event written so far on disk."""
     self._writer.flush()
 
   def close(self) -> None:

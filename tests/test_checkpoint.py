@@ -233,6 +233,26 @@ def test_truncate_metrics_keeps_lines_up_to_the_step_and_drops_a_cut_line(tmp_pa
   assert [json.loads(l)["step"] for l in path.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_events_file_round_trip_skips_non_curves_and_purges_redone_steps(tmp_path):
+  from jaxnas import tb
+  writer = tb.ScalarWriter(tmp_path)
+  for s in range(1, 5):
+    writer.scalars(s, {"train_loss": 1 / s, "lr": 0.025, "hessian_eigenvalue": float("nan"),
+                       "step": s, "epoch": 1, "time_s": 0.5, "nonfinite": 0, "flag": True})
+  writer.close()
+  # A killed process's file stops mid-record: the reader keeps what came before.
+  first = tb.event_files(tmp_path)[0]
+  first.write_bytes(first.read_bytes() + b"\x40\x00\x00\x00\x00\x00\x00\x00\x01\x02")
+  resumed = tb.ScalarWriter(tmp_path, purge_step=3)  # resumed after a checkpoint at step 2
+  resumed.scalars(3, {"train_loss": 7.0, "hessian_eigenvalue": 2.5})
+  resumed.close()
+  assert len(tb.event_files(tmp_path)) == 2
+  got = tb.read_scalars(tmp_path)
+  assert sorted(got) == ["hessian_eigenvalue", "lr", "train_loss"]
+  assert got["train_loss"] == [(1, 1.0), (2, 0.5), (3, 7.0)]  # float32 of 1, 1/2, 7: exact
+  assert [s for s, _ in got["lr"]] == [1, 2] and got["hessian_eigenvalue"] == [(3, 2.5)]
+
+
 # ------------------------------------------------------------------------------------------------
 # End to end: SIGKILL part-way, resume, same alphas and genotype as a run never interrupted.
 
