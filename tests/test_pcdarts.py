@@ -135,10 +135,10 @@ def test_pc_cell_equals_its_wiring_recomposed_by_hand():
                              atol=1e-12)
 
 
-def _reference_pc_darts_params(c, layers, k=4, classes=10):
+def _reference_pc_darts_params(c, layers, k=4, classes=10, in_ch=3):
   """The parameter count of yuhuixu1993/PC-DARTS ``model_search.Network(C, classes, layers)``,
   worked out layer by layer from its code (all cell ops affine-free, so no BN parameters)."""
-  total = 3 * 3 * 3 * (3 * c) + 2 * 3 * c  # stem conv (no bias) + affine BN
+  total = 3 * 3 * in_ch * (3 * c) + 2 * 3 * c  # stem conv (no bias) + affine BN
   cpp = cp = 3 * c
   cc, red_prev = c, False
   for i in range(layers):
@@ -231,7 +231,8 @@ def test_pc_darts_runs_two_steps_from_the_command_line(tmp_path, capsys):
   for key, value in init.items():
     np.testing.assert_array_equal(alphas[key], np.asarray(value, alphas[key].dtype))
   config = json.loads((out / "config.json").read_text())
-  assert config["num_params"] == _reference_pc_darts_params(4, 3, 4)
+  in_ch = config["dataset"]["image_shape"][-1]  # the embedded digits are 8×8×1
+  assert config["num_params"] == _reference_pc_darts_params(4, 3, 4, in_ch=in_ch)
   assert (out / "genotype.json").is_file()
   assert cli.main(["derive", str(out)]) == 0
   assert "genotype (pc-darts-top2)" in capsys.readouterr().out
