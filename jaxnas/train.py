@@ -494,11 +494,18 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
   data_shape, paper_shape = tuple(dataset.image_shape), (32, 32, 3)
   # Parameter counts depend on the input channels (the stem), not on the image size; they are
   # taken at 32×32 where the auxiliary head can be built.
-  params_plain, params_aux = evalnet.count_params(counting, (32, 32, data_shape[-1]))
-  paper_params = (evalnet.count_params(counting, paper_shape) if data_shape[-1] != 3
-                  else (params_plain, params_aux))
-  macs_32 = evalnet.count_macs(model, paper_shape)
-  macs_data = macs_32 if data_shape == paper_shape else evalnet.count_macs(model, data_shape)
+  # A resumed run reads them from its config.json (the same network; counting takes seconds).
+  counted = ("num_params", "num_params_with_auxiliary", "num_params_32x32x3",
+             "num_params_32x32x3_with_auxiliary", "macs_32x32x3", "macs_at_image_size")
+  if resume and all(k in saved for k in counted):
+    params_plain, params_aux, p3, p3_aux, macs_32, macs_data = (saved[k] for k in counted)
+    paper_params = (p3, p3_aux)
+  else:
+    params_plain, params_aux = evalnet.count_params(counting, (32, 32, data_shape[-1]))
+    paper_params = (evalnet.count_params(counting, paper_shape) if data_shape[-1] != 3
+                    else (params_plain, params_aux))
+    macs_32 = evalnet.count_macs(model, paper_shape)
+    macs_data = macs_32 if data_shape == paper_shape else evalnet.count_macs(model, data_shape)
 
   label = (pathlib.Path(str(cfg.genotype)).stem if pathlib.Path(str(cfg.genotype)).exists()
            else str(cfg.genotype).lower())

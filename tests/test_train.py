@@ -12,6 +12,7 @@ import pytest
 
 from jaxnas import cli, data, evalnet, genotypes, train
 from jaxnas.derive import Genotype
+from jaxnas.errors import JaxnasError
 from test_evalnet import _formula  # the per-op counts written out there
 
 F64 = jnp.float64
@@ -211,3 +212,169 @@ def test_32x32_run_with_augmentation_and_auxiliary_head(tmp_path, monkeypatch, c
   for l in steps:
     np.testing.assert_allclose(l["train_loss"], l["train_ce"] + 0.4 * l["train_aux_ce"],
                                rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints, --resume and the non-finite stop (issue 7). The bit-for-bit test reuses the module's
+# compiled step; one tiny diverging run (its own compile, a few steps) serves the run-level tests.
+
+def _digits_batch(ds, step):
+  """The training loop's batch at ``step`` (jaxnas.data.batch_at), in the fixture's dtypes."""
+  x = np.concatenate([ds.train_x, ds.val_x])
+  y = np.concatenate([ds.train_y, ds.val_y])
+  xb, yb = data.batch_at(x, y, BATCH, seed=0, step=step)
+  return {"image": jnp.asarray(xb, F64), "label": jnp.asarray(yb)}
+
+
+def test_save_restore_continue_equals_uninterrupted_bit_for_bit(setup, tmp_path):
+  from jaxnas import checkpoint
+  _, _, state0, step, traced, _ = setup
+  ds = data.load("digits")
+  run = lambda state, a, b: [state := step(state, _digits_batch(ds, i))[0] for i in range(a, b)][-1]
+  stop, cut = SPE + 3, SPE - 2  # across an epoch end: drop-path on and the lr lower after it
+  uninterrupted = run(state0, 0, stop)
+  with checkpoint.Checkpoints(tmp_path / "ckpt", keep=2) as ckpts:
+    ckpts.save(cut, run(state0, 0, cut), {"step": cut, "epoch": cut // SPE})
+    blank = jax.tree.map(jnp.zeros_like, state0._replace(key=None))._replace(
+        key=jax.random.key(9))  # same shapes, other values
+    restored, position = ckpts.restore(blank)
+  assert position == {"step": cut, "epoch": 0} and int(restored.step) == cut
+  resumed = run(restored, position["step"], stop)
+  leaves = lambda s: jax.tree.leaves(checkpoint._storable(s))
+  for a, b in zip(leaves(uninterrupted), leaves(resumed), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert int(resumed.step) == stop
+  assert np.abs(np.asarray(jax.tree.leaves(resumed.params)[0])
+                - np.asarray(jax.tree.leaves(state0.params)[0])).max() > 0  # the run moved
+  assert len(traced) == 1  # the restored state runs in the same compiled program
+
+
+def test_nonfinite_mask_bits_worked_out_by_hand():
+  # Bits by NONFINITE_QUANTITIES: training loss 1, weight gradient 2, weights 4, batch stats 8.
+  assert [q for q, _ in train.NONFINITE_QUANTITIES] == ["train_loss", "grad_norm", "weights",
+                                                        "batch_stats"]
+  mask = jax.jit(train.nonfinite_mask)
+  m = {"train_loss": 1.0, "grad_norm": 2.0}
+  w, bs = {"a": jnp.ones(3), "b": {"c": jnp.zeros((2, 2))}}, {"mean": jnp.zeros(2)}
+  assert int(mask(m, w, bs)) == 0
+  assert int(mask({**m, "grad_norm": math.inf}, w, bs)) == 2
+  assert int(mask({**m, "train_loss": math.nan}, w, {"mean": jnp.array([0.0, math.nan])})) == 9
+  assert int(mask(m, {"a": jnp.ones(3), "b": {"c": jnp.full((2, 2), -math.inf)}}, bs)) == 4
+  assert train.describe_nonfinite(1 + 2, {"train_loss": math.nan}) == "training loss is NaN"
+  assert train.describe_nonfinite(2, {"grad_norm": math.inf}) == "weight gradient is Inf"
+  assert train.describe_nonfinite(4, {}) == "weights are not finite"
+
+
+def test_step_flags_an_infinite_input(setup):
+  _, _, state, step, traced, batch = setup
+  good = step(state, batch)[1]
+  assert int(good["nonfinite"]) == 0
+  bad = dict(batch, image=batch["image"].at[0, 0, 0, 0].set(jnp.inf))
+  m = step(state, bad)[1]
+  # The Inf reaches the loss (NaN through BN), the gradient, the new weights and the statistics.
+  assert int(m["nonfinite"]) == 1 + 2 + 4 + 8 and math.isnan(float(m["train_loss"]))
+  assert len(traced) == 1
+
+
+TINY = ["train", "--genotype", "DARTS_V2", "--channels", "4", "--cells", "3", "--epochs", "2",
+        "--batch-size", "256"]
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+  """A tiny run whose learning rate (1e30) diverges; a checkpoint after every step, 2 kept."""
+  out = tmp_path_factory.mktemp("diverged") / "run"
+  cfg = train.TrainConfig(genotype="DARTS_V2", channels=4, cells=3, epochs=2, batch_size=256,
+                          lr=1e30, log_every=1, checkpoint_every=1, keep=2, out=str(out))
+  with pytest.raises(JaxnasError) as info:
+    train.run_train(cfg, stdout=open("/dev/null", "w"))
+  return out, str(info.value)
+
+
+def test_diverging_lr_stops_at_the_first_bad_step_with_its_checkpoint_intact(diverged):
+  from jaxnas import checkpoint
+  out, message = diverged
+  lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+  bad = lines[-1]
+  # Every step is logged (--log-every 1); the steps before the named one are finite.
+  assert [l["step"] for l in lines] == list(range(1, bad["step"] + 1)) and bad["nonfinite"]
+  assert all(l["nonfinite"] == 0 and math.isfinite(l["train_loss"]) for l in lines[:-1])
+  step = bad["step"]
+  assert step > 1 and "\n" not in message
+  assert message.startswith(f"step {step}: {train.describe_nonfinite(bad['nonfinite'], bad)} ")
+  last = out.absolute() / "checkpoints" / str(step - 1)
+  assert f"(last good checkpoint: {last})" in message
+  model = evalnet.build(genotypes.get("DARTS_V2"), channels=4, cells=3, num_classes=10)
+  cfg = train.resolve(train.TrainConfig(epochs=2, lr=1.0), "darts", (8, 8, 1))
+  tx, _ = train.make_optimizer(cfg, steps_per_epoch=5)
+  like = train.init_train_state(model, tx, jax.random.key(5), (8, 8, 1))
+  with checkpoint.Checkpoints(out / "checkpoints", keep=2) as ckpts:
+    assert ckpts.steps() == list(range(max(1, step - 2), step))  # keep 2, the bad one never saved
+    state, position = ckpts.restore(like)  # checks the digest written with it
+  assert int(state.step) == position["step"] == step - 1 and position["data_step"] == step - 1
+  assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves((state.params, state.batch_stats,
+                                                              state.opt_state)))
+  assert not (out / "summary.json").exists() and not (out / "weights.msgpack").exists()
+
+
+def test_resume_flags_conflict_and_missing_run_give_one_line(diverged, tmp_path, capsys):
+  out, _ = diverged
+  assert "--lr 0.5 conflicts with the run's config.json (lr = 1e+30)" in _error(
+      ["train", "--resume", "--out", str(out), "--lr", "0.5"], capsys)
+  assert "--genotype 'PC_DARTS' conflicts" in _error(
+      ["train", "--resume", "--out", str(out), "--genotype", "PC_DARTS"], capsys)
+  assert "--resume needs --out RUN_DIR" in _error(["train", "--resume"], capsys)
+  assert "not found; --resume needs --out RUN_DIR of an earlier 'jaxnas train'" in _error(
+      ["train", "--resume", "--out", str(tmp_path / "none")], capsys)
+  assert "train needs --genotype" in _error(["train"], capsys)
+  assert "--keep must be a whole number ≥ 1" in _error(TINY + ["--keep", "0"], capsys)
+
+
+def test_damaged_or_foreign_checkpoint_is_one_line_naming_it(setup, diverged, tmp_path, capsys):
+  import shutil
+  from jaxnas import checkpoint
+  out, _ = diverged
+  run_dir = tmp_path / "run"
+  shutil.copytree(out, run_dir)
+  with checkpoint.Checkpoints(run_dir / "checkpoints", keep=2) as ckpts:
+    newest = ckpts.latest_step()
+  for f in sorted((run_dir / "checkpoints" / str(newest) / "state").rglob("*")):
+    if f.is_file() and f.parent.name == "d":  # the array files: cut in half
+      f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+  path = (run_dir / "checkpoints" / str(newest)).absolute()
+  err = _error(["train", "--resume", "--out", str(run_dir)], capsys)
+  assert f"checkpoint {path} " in err and "damaged" in err
+  shutil.rmtree(path)
+  with checkpoint.Checkpoints(run_dir / "checkpoints", keep=2) as ckpts:
+    ckpts.save(newest + 1, setup[2], {"step": newest + 1})  # float64 network of other shape
+  path = (run_dir / "checkpoints" / str(newest + 1)).absolute()
+  err = _error(["train", "--resume", "--out", str(run_dir)], capsys)
+  assert f"checkpoint {path} holds a state of another configuration" in err
+
+
+@pytest.mark.slow
+def test_cli_run_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+  """Ctrl-C after step 7 of 10 (checkpoints every 3 steps), then --resume: the same files."""
+  whole, cut = tmp_path / "whole", tmp_path / "cut"
+  args = TINY + ["--log-every", "2", "--checkpoint-every", "3", "--no-compile-cache"]
+  assert cli.main(args + ["--out", str(whole)]) == 0
+  batch_at = train.data.batch_at
+
+  def interrupted(*a, step, **k):
+    if step == 7:
+      raise KeyboardInterrupt
+    return batch_at(*a, step=step, **k)
+
+  monkeypatch.setattr(train.data, "batch_at", interrupted)
+  assert cli.main(args + ["--out", str(cut)]) == 130
+  monkeypatch.setattr(train.data, "batch_at", batch_at)
+  assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["3", "6"]
+  assert cli.main(["train", "--resume", "--out", str(cut), "--no-compile-cache"]) == 0
+  assert "resuming from step 6" in capsys.readouterr().out
+  read = lambda d: [{k: v for k, v in json.loads(l).items() if k != "time_s"}
+                    for l in (d / "metrics.jsonl").read_text().splitlines()]
+  assert read(cut) == read(whole) and len(read(whole)) == 6 + 2  # steps 2,4,5,6,8,10; 2 evals
+  assert (cut / "weights.msgpack").read_bytes() == (whole / "weights.msgpack").read_bytes()
+  drop = lambda d: {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
+                    if not k.endswith("_s")}
+  assert drop(cut) == drop(whole)
