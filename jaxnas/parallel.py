@@ -25,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnas.errors import JaxnasError
 
-__all__ = ["AXIS", "initialize", "make_mesh", "replicated", "batch_sharding", "check_batch_size",
+__all__ = ["AXIS", "initialize", "barrier", "make_mesh", "replicated", "batch_sharding", "check_batch_size",
            "process_rows", "shard_batch", "replicate", "jit_step", "to_host"]
 
 AXIS = "data"
@@ -45,6 +45,19 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int,
   jax.distributed.initialize(coordinator_address=coordinator_address,
                              num_processes=num_processes, process_id=process_id,
                              local_device_ids=local_device_ids)
+
+
+def barrier(name: str, timeout_s: float = 1800.0) -> None:
+  """Waits until every process reaches ``barrier(name)`` (nothing with one process).
+
+  It waits in the coordination service, not in a collective: XLA:CPU's gloo collectives give up
+  after 30 s when one process reaches the first collective later than another (e.g. after a
+  slower compile on a loaded machine), so compile first, then meet here, then run.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # the client of jax.distributed.initialize
+  distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:
@@ -109,8 +122,21 @@ def shard_batch(local_batch, mesh: Mesh, *, batch_axis: int = 0):
 
 
 def replicate(tree, mesh: Mesh):
-  """``tree`` (the same values in every process) with every leaf replicated over ``mesh``."""
-  return jax.device_put(tree, replicated(mesh))
+  """``tree`` (the same values in every process) with every leaf replicated over ``mesh``.
+
+  With several processes each leaf is assembled from this process's copy
+  (``jax.make_array_from_callback``); PRNG keys travel as their key data.
+  """
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+  return jax.tree.map(put, tree)
 
 
 def jit_step(step: Callable, mesh: Mesh, *, batch_axis: int = 0, donate: bool = True):
