@@ -38,7 +38,7 @@ import numpy as np
 
 from jaxnas.errors import JaxnasError
 
-__all__ = ["plot_run", "plot_curves", "plot_mixing_trajectory", "plot_mixing_final",
+__all__ = ["plot_run", "plot_curves", "plot_train_curves", "train_series", "plot_mixing_trajectory", "plot_mixing_final",
            "plot_genotype", "draw_cell", "cell_graph", "layout_cell", "CellGraph"]
 
 PLOTS_DIR = "plots"
@@ -69,26 +69,30 @@ class _Run(NamedTuple):
   config: dict
   space: str
   op_names: tuple
+  kind: str = "search"  # "search" (jaxnas search) or "train" (jaxnas train)
 
 
 def _read_run(run_dir) -> _Run:
+  """The run directory's config; a ``jaxnas train`` run is told by its ``genotype`` record."""
   path = pathlib.Path(run_dir)
   if not path.is_dir():
     raise JaxnasError(f"run directory {path} not found; pass a directory written by "
-                      "'jaxnas search'")
+                      "'jaxnas search' or 'jaxnas train'")
   cfg_path = path / "config.json"
   if not cfg_path.is_file():
-    raise JaxnasError(f"{cfg_path} not found; RUN_DIR must be a 'jaxnas search' run directory")
+    raise JaxnasError(f"{cfg_path} not found; RUN_DIR must be a run directory of 'jaxnas search' "
+                      "or 'jaxnas train' (or of 'jaxnas search --seeds N')")
   try:
     config = json.loads(cfg_path.read_text())
-    space = config["config"]["space"]
+    kind = "search" if "space" in config["config"] else "train"
+    space = config["config"]["space"] if kind == "search" else config["genotype"]["space"]
   except (ValueError, KeyError, TypeError) as e:
     raise JaxnasError(f"{cfg_path} is not a jaxnas config.json ({type(e).__name__}: {e}); the "
                       "run directory is damaged") from None
   from jaxnas import spaces
   if space not in spaces.SPACES:
     raise JaxnasError(f"{cfg_path} names an unknown space {space!r}; the run directory is damaged")
-  return _Run(path, config, space, tuple(spaces.get(space).op_names))
+  return _Run(path, config, space, tuple(spaces.get(space).op_names), kind)
 
 
 def _relaxation(run: _Run):
@@ -128,6 +132,13 @@ def _snapshots(run: _Run) -> list[tuple[int, dict]]:
       raise JaxnasError(f"{f} cannot be read ({e}); the run directory is damaged") from None
     out.append((int(_SNAPSHOT.fullmatch(f.name).group(1)), alphas))
   return sorted(out, key=lambda s: s[0])
+
+
+def _seed_dirs(path: pathlib.Path) -> list[pathlib.Path]:
+  """The ``seed-<s>/`` run directories of a ``jaxnas search --seeds N`` output, in seed order."""
+  found = [d for d in path.glob("seed-*") if d.is_dir() and d.name[5:].isdigit()
+           and (d / "config.json").is_file()] if path.is_dir() else []
+  return sorted(found, key=lambda d: int(d.name[5:]))
 
 
 def _metrics(run: _Run) -> list[dict]:
@@ -538,18 +549,110 @@ def plot_curves(rows: list[dict], path, *, steps_per_epoch: int | None = None,
   return _save(fig, pathlib.Path(path))
 
 
+def plot_train_curves(rows: list[dict], path, *, steps_per_epoch: int | None = None,
+                      title: str = "") -> pathlib.Path:
+  """Curves of a ``jaxnas train`` run from its ``metrics.jsonl``, three panels side by side.
+
+  Loss and accuracy of the logged training steps (the batch's, in train mode: drop-path and
+  augmentation on; ``train_loss`` includes the weighted auxiliary loss, ``train_ce`` does not)
+  and of each epoch's evaluation on the test set (the rows with ``test_*``, drawn at the step that
+  ends the epoch); the learning rate and the drop-path probability per logged step.
+  """
+  steps = lambda key: train_series(rows, key)[0]
+  values = lambda key: train_series(rows, key)[1]
+  fig = _figure(13, 3.8)
+  axes = fig.subplots(1, 3)
+  series = ((0, "train_ce", "tab:blue", "training batch (cross-entropy)"),
+            (0, "test_loss", "tab:red", "test set, each epoch"),
+            (1, "train_accuracy", "tab:blue", "training batch (cross-entropy)"),
+            (1, "test_accuracy", "tab:red", "test set, each epoch"))
+  for i, key, colour, label in series:
+    if not len(steps(key)) and key == "train_ce":  # runs written before train_ce existed
+      key = "train_loss"
+    if len(steps(key)):
+      few = len(steps(key)) < 3 or key.startswith("test")
+      axes[i].plot(steps(key), values(key), color=colour, lw=1.2, label=label,
+                   marker="o" if few else None, ms=3.5)
+  aux = steps("train_aux_ce")
+  if len(aux):
+    axes[0].plot(aux, values("train_aux_ce"), color="tab:green", lw=1.0, alpha=0.8,
+                 label="training batch, auxiliary head")
+  for key, colour, name in (("lr", "tab:purple", "learning rate"),
+                            ("drop_prob", "tab:gray", "drop-path probability")):
+    if len(steps(key)):
+      axes[2].plot(steps(key), values(key), color=colour, lw=1.2, label=name,
+                   marker="o" if len(steps(key)) < 3 else None, ms=3.5)
+  last = max((r["step"] for r in rows), default=0)
+  for ax, name in zip(axes, ("loss", "accuracy", "learning rate, drop-path probability")):
+    ax.set_xlabel("step" + (f" (epochs of {steps_per_epoch} steps)" if steps_per_epoch else ""),
+                  fontsize=9)
+    ax.set_ylabel(name, fontsize=9)
+    ax.grid(alpha=0.3, lw=0.5)
+    ax.tick_params(labelsize=8)
+    ax.set_xlim(0, max(last, 1) * 1.02)
+  axes[1].set_ylim(0, 1.02)
+  handles, labels = [], []
+  for ax in axes:
+    for h, l in zip(*ax.get_legend_handles_labels()):
+      if l not in labels:
+        handles.append(h)
+        labels.append(l)
+  if handles:
+    fig.legend(handles, [l.replace(" (cross-entropy)", "") for l in labels], loc="upper center",
+               ncol=len(handles), fontsize=9, frameon=False)
+  if title:
+    fig.text(0.01, 0.01, title, fontsize=8, color="0.35")
+  fig.tight_layout(rect=(0, 0.03, 1, 0.92))
+  return _save(fig, pathlib.Path(path))
+
+
+def train_series(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+  """``(steps, values)`` of metric ``key`` over the rows that hold a finite number for it."""
+  kept = [r for r in rows if _finite(r.get(key))]
+  return (np.array([r["step"] for r in kept], np.float64),
+          np.array([r[key] for r in kept], np.float64))
+
+
+def _finite(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
 # ----------------------------------------------------------------------------------------------
 # The command.
+
+
+def _plot_train_run(run: _Run, out: pathlib.Path, written: list, notes: list) -> None:
+  """The figures of a ``jaxnas train`` run: its genotype's cells and its training curves."""
+  from jaxnas import derive
+  genotype = derive.Genotype.from_dict(run.config["genotype"])
+  label = pathlib.Path(str(run.config["config"].get("genotype", ""))).name or "genotype"
+  dataset = (run.config.get("dataset") or {}).get("name", "")
+  title = f"{run.path.name}: trained {label} on {dataset}"
+  cells = ("normal",) if genotype.space == "nb201" else ("normal", "reduce")
+  for cell in cells:
+    name = "cell" if genotype.space == "nb201" else cell
+    what = "NAS-Bench-201 cell" if name == "cell" else f"{name} cell"
+    written.append(plot_genotype(genotype, cell, out / f"genotype_{name}.png",
+                                 title=f"{what} of {label} ({run.path.name})"))
+  if (run.path / "metrics.jsonl").is_file() and (rows := _metrics(run)):
+    written.append(plot_train_curves(rows, out / "curves.png",
+                                     steps_per_epoch=run.config.get("steps_per_epoch"),
+                                     title=title))
+  else:
+    notes.append("no metrics in metrics.jsonl: no loss/accuracy curves")
 
 
 def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
   """Draws every figure the run directory has the data for into ``RUN_DIR/plots/``.
 
   Prints one line per file written and one per figure it could not draw and why (no snapshots,
-  no genotype, no metrics).
+  no genotype, no metrics). A ``jaxnas train`` run gets its genotype's cells and its training
+  curves (:func:`plot_train_curves`); the output of ``jaxnas search --seeds N`` gets every
+  ``seed-<s>/`` run's figures in that run's own ``plots/``.
 
   Args:
-    run_dir: a directory written by ``jaxnas search``.
+    run_dir: a directory written by ``jaxnas search`` or ``jaxnas train``.
     stdout: where the lines go (default ``sys.stdout``).
 
   Returns:
@@ -559,9 +662,17 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
     JaxnasError: one line if ``run_dir`` is missing or damaged, or holds nothing to plot.
   """
   stdout = stdout or sys.stdout
+  root = pathlib.Path(run_dir)
+  if not (root / "config.json").exists() and (seed_dirs := _seed_dirs(root)):
+    return [path for d in seed_dirs for path in plot_run(d, stdout=stdout)]
   run = _read_run(run_dir)
   out = run.path / PLOTS_DIR
   out.mkdir(exist_ok=True)
+  if run.kind == "train":
+    written, notes = [], []
+    _plot_train_run(run, out, written, notes)
+    _report(written, notes, stdout)
+    return written
   recipe = (run.config.get("recipe") or {}).get("name", "")
   dataset = (run.config.get("dataset") or {}).get("name", "")
   title = f"{run.path.name}: {recipe} on {run.space}" + (f", {dataset}" if dataset else "")
@@ -622,8 +733,12 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
   if not written:
     raise JaxnasError(f"nothing to plot in {run.path}: it has no alphas, genotype, metrics or "
                       "snapshots; pass a run directory written by 'jaxnas search'")
+  _report(written, notes, stdout)
+  return written
+
+
+def _report(written, notes, stdout) -> None:
   for path in written:
     print(f"wrote {path}", file=stdout)
   for note in notes:
     print(f"note: {note}", file=stdout)
-  return written

@@ -13,7 +13,9 @@ The network trains on the data set's search-train and search-val parts together 
 set, as the reference) and is evaluated on its test part after every epoch. The run directory holds
 ``config.json``, ``metrics.jsonl`` (one line per logged step, one per epoch's evaluation),
 ``weights.msgpack`` (final params and batch statistics, ``flax.serialization``),
-``summary.json`` and ``checkpoints/`` (:mod:`jaxnas.checkpoint`: the whole :class:`TrainState`
+``summary.json``, a TensorBoard events file (:mod:`jaxnas.tb`: the logged steps' losses,
+accuracies, learning rate, gradient norm and drop-path probability, and each epoch's test loss and
+accuracy) and ``checkpoints/`` (:mod:`jaxnas.checkpoint`: the whole :class:`TrainState`
 every ``--checkpoint-every`` steps and at the end, the newest ``--keep`` kept), from which
 ``jaxnas train --resume --out RUN_DIR`` continues. Batches, augmentation and drop-path masks are
 pure functions of (seed, step), so a resumed run is bit for bit the run never interrupted (on one
@@ -562,7 +564,7 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
 
   tx, schedule = make_optimizer(cfg, steps_per_epoch=spe)
   state = init_train_state(model, tx, jax.random.key(cfg.seed), dataset.image_shape)
-  from jaxnas import checkpoint  # noqa: PLC0415  (orbax only where a run trains)
+  from jaxnas import checkpoint, tb  # noqa: PLC0415  (orbax only where a run trains)
   ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep)
   start, position = 0, None
   if resume and ckpts.latest_step() is not None:
@@ -591,6 +593,7 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
     elapsed = position["elapsed_s"]
   t_start = time.perf_counter()
   t0 = t_start - elapsed
+  writer = tb.ScalarWriter(run_dir, purge_step=start + 1 if resume else None)
   with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
     try:
       for step in range(start, total_steps):
@@ -611,6 +614,7 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
                    time_s=round(time.perf_counter() - t0, 3))
           log.write(json.dumps(m) + "\n")
           log.flush()
+          writer.scalars(done, m)
         if bad:
           last = ckpts.latest_step()
           raise JaxnasError(f"step {done}: {describe_nonfinite(bad, m)} (last good checkpoint: "
@@ -625,17 +629,20 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
                                 "test_accuracy": test_acc,
                                 "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
           log.flush()
+          writer.scalars(done, {"test_loss": test_loss, "test_accuracy": test_acc})
           print(f"epoch {epoch}/{cfg.epochs}: train loss {m['train_loss']:.4f} acc "
                 f"{m['train_accuracy']:.3f}; test loss {test_loss:.4f} acc {test_acc:.4f}",
                 file=stdout, flush=True)
         if done == total_steps or (checkpoint_every and done % checkpoint_every == 0):
           log.flush()  # what the checkpoint covers is on disk before it is
           os.fsync(log.fileno())
+          writer.flush()
           ckpts.save(done, state, {"step": done, "data_step": done, "epoch": done // spe,
                                    "best": best, "test_loss": test_loss,
                                    "test_accuracy": test_acc,
                                    "elapsed_s": time.perf_counter() - t0})
     finally:
+      writer.close()
       ckpts.close()
   first_step_s = 0.0 if first_step_s is None else first_step_s  # None: no step was left
   train_s = time.perf_counter() - t0

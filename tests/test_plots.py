@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -93,6 +94,65 @@ def test_plot_without_snapshots_draws_what_exists_and_says_so(runs, plotted):
     _check_png(runs["darts"] / "plots" / name)
   assert not (runs["darts"] / "plots" / "mixing_normal.png").exists()
   assert "note: no per-step alphas" in stdout and "--save-trajectory N" in stdout
+
+
+def _write_train_run(root, genotype):
+  """A ``jaxnas train`` run directory as jaxnas.train writes it (config, metrics), by hand."""
+  root.mkdir()
+  config = {"config": {"genotype": "DARTS_V2", "dataset": "digits", "epochs": 3},
+            "genotype": genotype.to_dict(), "dataset": {"name": "digits"}, "steps_per_epoch": 4}
+  (root / "config.json").write_text(json.dumps(config))
+  with open(root / "metrics.jsonl", "w") as f:
+    for step in range(1, 13):
+      f.write(json.dumps({"step": step, "epoch": (step + 3) // 4, "train_loss": 2.3 / step,
+                          "train_ce": 2.2 / step, "train_accuracy": step / 13,
+                          "lr": 0.025 * (1 + math.cos(math.pi * ((step - 1) // 4) / 3)) / 2,
+                          "drop_prob": 0.2 * ((step - 1) // 4) / 3, "nonfinite": 0}) + "\n")
+      if step % 4 == 0:
+        f.write(json.dumps({"epoch": step // 4, "step": step, "test_loss": 2.0 / step,
+                            "test_accuracy": step / 15}) + "\n")
+  return root
+
+
+def test_plot_of_a_train_run_draws_its_cells_and_curves(tmp_path, capsys):
+  run = _write_train_run(tmp_path / "train", genotypes.get("DARTS_V2"))
+  assert cli.main(["plot", str(run)]) == 0
+  stdout = capsys.readouterr().out
+  for name in ["genotype_normal.png", "genotype_reduce.png", "curves.png"]:
+    _check_png(run / "plots" / name)
+    assert f"wrote {run / 'plots' / name}" in stdout
+  assert not (run / "plots" / "mixing_final.png").exists() and "note:" not in stdout
+  nb201 = _write_train_run(tmp_path / "nb201", genotypes.get("NB201_RESNET"))
+  assert cli.main(["plot", str(nb201)]) == 0
+  _check_png(nb201 / "plots" / "genotype_cell.png")
+
+
+def test_train_series_keeps_the_finite_values_at_their_steps():
+  rows = [{"step": 1, "train_ce": 2.0}, {"step": 2, "train_ce": float("nan")},
+          {"step": 3, "test_accuracy": 0.5}, {"step": 4, "train_ce": 1.5, "lr": True},
+          {"step": 4, "test_accuracy": 0.75}]
+  steps, values = plots.train_series(rows, "train_ce")
+  assert steps.tolist() == [1, 4] and values.tolist() == [2.0, 1.5]
+  steps, values = plots.train_series(rows, "test_accuracy")
+  assert steps.tolist() == [3, 4] and values.tolist() == [0.5, 0.75]
+  assert plots.train_series(rows, "lr")[0].size == 0  # a bool is not a number
+
+
+def test_plot_of_a_seeds_output_draws_every_seed(tmp_path, capsys):
+  root = tmp_path / "seeds"
+  root.mkdir()
+  for s in (0, 1):
+    _write_run(root / f"seed-{s}", "nb201", shapes={"cell": (6, 5)}, trajectory=False,
+               genotype=derive.genotype_from_nb201_string(
+                   "|nor_conv_3x3~0|+|none~0|skip_connect~1|+|avg_pool_3x3~0|"
+                   "nor_conv_1x1~1|skip_connect~2|"))
+  (root / "summary.json").write_text("{}")
+  assert cli.main(["plot", str(root)]) == 0
+  stdout = capsys.readouterr().out
+  for s in (0, 1):
+    for name in ["mixing_final.png", "genotype_cell.png", "curves.png"]:
+      assert f"wrote {root / f'seed-{s}' / 'plots' / name}" in stdout
+      assert (root / f"seed-{s}" / "plots" / name).stat().st_size > 15_000
 
 
 def test_mixing_weights_are_the_runs_relaxation_of_the_alphas(tmp_path):

@@ -317,6 +317,23 @@ def test_diverging_lr_stops_at_the_first_bad_step_with_its_checkpoint_intact(div
   assert not (out / "summary.json").exists() and not (out / "weights.msgpack").exists()
 
 
+def test_tensorboard_scalars_are_the_logged_finite_metrics(diverged):
+  """The events file holds, per tag, exactly the finite values of metrics.jsonl at their steps."""
+  from jaxnas import tb
+  out, _ = diverged
+  scalars = tb.read_scalars(out)
+  lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+  for tag in ("train_loss", "train_accuracy", "lr", "grad_norm", "drop_prob"):
+    expected = [(l["step"], l[tag]) for l in lines if tag in l and math.isfinite(l[tag])]
+    assert len(expected) >= 1 and [s for s, _ in scalars[tag]] == [s for s, _ in expected], tag
+    # Stored as float32 (TensorBoard's simple_value).
+    np.testing.assert_array_equal([v for _, v in scalars[tag]],
+                                  np.float32([v for _, v in expected]), err_msg=tag)
+  evals = [(l["step"], l["test_accuracy"]) for l in lines if "test_accuracy" in l]
+  assert scalars.get("test_accuracy", []) == [(s, float(np.float32(v))) for s, v in evals]
+  assert not {"step", "epoch", "time_s", "nonfinite"} & set(scalars)
+
+
 def test_resume_flags_conflict_and_missing_run_give_one_line(diverged, tmp_path, capsys):
   out, _ = diverged
   assert "--lr 0.5 conflicts with the run's config.json (lr = 1e+30)" in _error(
@@ -378,3 +395,11 @@ def test_cli_run_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypa
   drop = lambda d: {k: v for k, v in json.loads((d / "summary.json").read_text()).items()
                     if not k.endswith("_s")}
   assert drop(cut) == drop(whole)
+  # TensorBoard: the resumed run's events (purging the steps after its checkpoint) read back as
+  # the uninterrupted run's, each epoch's test accuracy included.
+  from jaxnas import tb
+  scalars = tb.read_scalars(whole)
+  assert tb.read_scalars(cut) == scalars
+  evals = [json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()]
+  assert scalars["test_accuracy"] == [(l["step"], float(np.float32(l["test_accuracy"])))
+                                      for l in evals if "test_accuracy" in l]
