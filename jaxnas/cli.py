@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--cell-sharing", default=None, choices=["type", "none"],
                  help="darts: one alphas per cell type (type, DARTS) or per cell (none, D-DARTS); "
                       "default: the method's")
+  s.add_argument("--init-genotype", default=None, metavar="NET",
+                 help="DARTOpti (--method dartopti): start from a hand-made network, resnet18 or "
+                      "resnet50 (its cells, reductions and alphas; identical cells share alphas)")
   s.add_argument("--remat", default="none",
                  help="rematerialisation (jax.checkpoint): none (default), cell (every cell) or "
                       "op (every group of mixed ops): less memory, more compute, same numbers")
@@ -102,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "per seed and a summary")
   scale.add_argument("--devices", type=_int, default=None, metavar="N",
                      help="split each batch over N local devices (default: all)")
+  scale.add_argument("--dtype", default="float32",
+                     help="activations' dtype: float32 (default) or bfloat16 (float32 master "
+                          "weights and statistics)")
   s.add_argument("--dry-run", action="store_true",
                  help="build the supernet, write config.json (with num_params) and stop")
   ck = s.add_argument_group("checkpoints", "RUN_DIR/checkpoints: the whole search state, atomic")
@@ -235,12 +241,13 @@ def _search_config(args):
                      steps=args.steps, batch_size=args.batch_size, channels=args.channels,
                      cells=args.cells, seed=args.seed, out=args.out, log_every=args.log_every,
                      dry_run=args.dry_run, depthwise=args.depthwise, remat=args.remat,
-                     cell_sharing=args.cell_sharing,
+                     cell_sharing=args.cell_sharing, init_genotype=args.init_genotype,
                      add_regularizers=tuple(args.add_regularizer),
                      estimator_options=tuple(args.estimator_option),
                      perturbation=args.perturbation, stopping=args.stopping,
                      eigen_every=args.eigen_every, save_trajectory=args.save_trajectory,
-                     devices=args.devices, checkpoint_every=args.checkpoint_every,
+                     devices=args.devices, dtype=args.dtype,
+                     checkpoint_every=args.checkpoint_every,
                      keep=args.keep)
 
 
@@ -301,10 +308,10 @@ def _derive(args) -> int:
   from jaxnas import spaces
   # The recipe's space options that shape the alphas (PC-DARTS' edge normalisation).
   shape_opts = {k: v for k, v in config["recipe"].get("space_options") or []
-                if k in ("edge_normalization", "cell_sharing")}
+                if k in ("edge_normalization", "cell_sharing", "op_set")}
   # Per-cell alphas (D-DARTS) have one row per cell: the run's cell count and --cell-sharing.
   shape_opts.update({k: v for k, v in (config.get("space_config") or {}).items()
-                     if k in ("num_cells", "cell_sharing")})
+                     if k in ("num_cells", "cell_sharing", "init_genotype")})
   model = spaces.get(space, **shape_opts)
   spaces.check_weights(alphas, model.alpha_shapes(), space)
   import jax.numpy as jnp

@@ -405,6 +405,25 @@ register(Recipe(
     paper=_DDARTS_PAPER,
 ))
 
+# DARTOpti (D-DARTS §4.4): D-DARTS over the 12-op set S_o (jaxnas.spaces.dartopti), 5 epochs of
+# weight-only warm start (the authors' --pretrain_epochs 5), usually started from a hand-made
+# network with --init-genotype resnet18|resnet50 (alphas 10 on its ops, 0 elsewhere; the network's
+# cells, reductions and nodes per cell come from it). Without it: 8 searched cells from α = 0.
+register(Recipe(
+    name="dartopti",
+    description="DARTOpti: d-darts over the 12-op set S_o (no 'none'), 5 warm-start epochs before "
+                "the alphas move, w01 = 8, w_AB = 0.5; --init-genotype resnet18|resnet50 starts "
+                "from a hand-made network (else 8 cells from α = 0); paper batch 128",
+    relaxation="sigmoid",
+    regularizers=(Regularizer("zero-one-cells", 8.0), Regularizer("ddarts-ablation", 0.5)),
+    derivation="ddarts-sparse",
+    arch_warmup_epochs=5,
+    space_options=(("cell_sharing", "none"), ("op_set", "dartopti")),
+    weight_optimizer=WeightOptimizer(lr=0.005, lr_min=0.001),
+    arch_optimizer=ArchOptimizer(lr=3e-3, b1=0.9, b2=0.999),
+    paper=_DDARTS_PAPER,
+))
+
 
 # ------------------------------------------------------------------------------------------------
 # Sampling methods (issue 5, REFERENCE §5 and §13, jaxnas.sampling, jaxnas.spaces.sampled). The

@@ -51,6 +51,7 @@ class SearchConfig:
   depthwise: str = "lax"
   remat: str = "none"  # rematerialisation: "none", "cell" or "op" (the space's remat option)
   cell_sharing: Optional[str] = None  # darts: "type" (DARTS) or "none" (D-DARTS); None: recipe's
+  init_genotype: Optional[str] = None  # darts, DARTOpti: a hand-made network (resnet18, resnet50)
   # Pieces added to the method's recipe from the command line (DESIGN §4, issue 4).
   add_regularizers: tuple = ()  # ("name:weight[:schedule]", ...)
   estimator_options: tuple = ()  # ("key=value", ...) set on the (possibly replaced) estimator
@@ -59,12 +60,16 @@ class SearchConfig:
   eigen_every: int = 0  # log the Hessian eigenvalue every N steps (0: only if a rule needs it)
   save_trajectory: int = 0  # save weights/alphas snapshots every N steps (0: never)
   devices: Optional[int] = None  # data-parallel devices per process (None: all local devices)
+  dtype: str = "float32"  # activations' dtype: float32, or bfloat16 with float32 master weights
   checkpoint_every: Optional[int] = None  # steps between checkpoints (None: each epoch; 0: end only)
   keep: int = 3  # checkpoints kept (the newest)
 
   def resolved(self) -> "SearchConfig":
     """The config with per-space defaults filled in."""
-    d = _SPACE_DEFAULTS.get(self.space, {})
+    d = dict(_SPACE_DEFAULTS.get(self.space, {}))
+    if self.init_genotype:  # DARTOpti: the hand-made network fixes the cell count
+      from jaxnas.spaces.dartopti_ops import handmade
+      d["cells"] = len(handmade(self.init_genotype).seq)
     epochs = self.epochs if (self.epochs is not None or self.steps is not None) else 30
     return dataclasses.replace(
         self, channels=self.channels if self.channels is not None else d.get("channels"),
@@ -108,6 +113,14 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
                       f"per cell, D-DARTS), got {cfg.cell_sharing!r}")
   if cfg.cell_sharing is not None and cfg.space != "darts":
     raise JaxnasError(f"--cell-sharing is an option of the darts space; add --space darts")
+  if cfg.init_genotype is not None:
+    from jaxnas.spaces.dartopti_ops import handmade
+    if cfg.space != "darts":
+      raise JaxnasError("--init-genotype is an option of the darts space; add --space darts")
+    seq = handmade(cfg.init_genotype).seq
+    if cfg.cells is not None and cfg.cells != len(seq):
+      raise JaxnasError(f"--init-genotype {cfg.init_genotype} has {len(seq)} cells, not "
+                        f"{cfg.cells}; leave --cells out or pass --cells {len(seq)}")
   if cfg.remat not in ("none", "cell", "op"):
     raise JaxnasError(f"--remat must be 'none', 'cell' or 'op', got {cfg.remat!r}")
   for value, flag in ((cfg.eigen_every, "--eigen-every"),
@@ -115,6 +128,9 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
       raise JaxnasError(f"{flag} must be a whole number ≥ 0 (0 turns it off), got {value}")
   _positive(cfg.devices, "--devices")
+  from jaxnas import precision
+  if cfg.dtype not in precision.DTYPES:
+    raise JaxnasError(f"--dtype must be one of {', '.join(precision.DTYPES)}, got {cfg.dtype!r}")
   if cfg.checkpoint_every is not None and (not isinstance(cfg.checkpoint_every, int) or isinstance(
       cfg.checkpoint_every, bool) or cfg.checkpoint_every < 0):
     raise JaxnasError(f"--checkpoint-every must be a whole number ≥ 0 (0: only at the end), got "
@@ -168,6 +184,8 @@ def space_config(cfg: SearchConfig, num_classes: int) -> dict:
                 **extra)
   if cfg.cell_sharing is not None:
     extra["cell_sharing"] = cfg.cell_sharing
+  if cfg.init_genotype:
+    extra["init_genotype"] = cfg.init_genotype
   return dict(channels=cfg.channels, num_cells=cfg.cells, num_classes=num_classes,
               depthwise=cfg.depthwise, **extra)
 
@@ -222,7 +240,8 @@ def build(cfg: SearchConfig, num_classes: int, *, recipe=None):
                       f"the darts space; add --space darts")
   # The command line's settings win over the recipe's (e.g. --cell-sharing type with d-darts).
   model = spaces.get(cfg.space, **{**space_options, **space_config(cfg, num_classes)})
-  return model, recipe
+  from jaxnas import precision
+  return precision.wrap(model, cfg.dtype), recipe  # --dtype bfloat16: bf16 activations
 
 
 def check_derivation(model, recipe) -> str:
@@ -541,6 +560,26 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
   os.replace(partial, path)
 
 
+ALPHAS_HISTORY = "alphas_history"  # RUN_DIR/alphas_history/step_<step>.npz, see run_search
+
+
+def save_alphas(run_dir, step: int, alphas) -> pathlib.Path:
+  """Writes ``alphas`` (host copies) to ``run_dir/alphas_history/step_{step:06d}.npz`` atomically.
+
+  What ``jaxnas plot`` draws the mixing weights over the search from when the run saved no
+  ``--save-trajectory`` snapshots: a few KB per epoch.
+  """
+  import jax
+  folder = pathlib.Path(run_dir) / ALPHAS_HISTORY
+  folder.mkdir(exist_ok=True)
+  path = folder / f"step_{step:06d}.npz"
+  partial = folder / f".step_{step:06d}.npz.partial"
+  with open(partial, "wb") as f:
+    np.savez(f, **{k: np.asarray(v) for k, v in jax.device_get(alphas).items()})
+  os.replace(partial, path)
+  return path
+
+
 def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = False
                ) -> pathlib.Path:
   """Runs the search ``cfg`` describes and returns its run directory.
@@ -573,7 +612,8 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   naming the step, the quantity and the last good checkpoint, which stays as it was.
 
   Scalars of every logged step also go to a TensorBoard events file in the run directory
-  (:mod:`jaxnas.tb`).
+  (:mod:`jaxnas.tb`). The alphas at the start, at every epoch's end and at the last step go to
+  ``alphas_history/`` (:func:`save_alphas`), for ``jaxnas plot``.
 
   Args:
     cfg: the search.
@@ -654,6 +694,8 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   writer = tb.ScalarWriter(run_dir, purge_step=start + 1 if resume else None)
   compile_s = None
   end = total_steps if stopped_at is None else start  # a checkpoint of a stopped run: no steps
+  if start == 0:
+    save_alphas(run_dir, 0, state.alphas)
   with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
     try:
       for i in range(start, end):
@@ -677,6 +719,8 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                             "search diverged: lower the learning rate or check the data")
         if cfg.save_trajectory and (step % cfg.save_trajectory == 0 or step == total_steps):
           trajectory.save_snapshot(run_dir, step, state)
+        if step % spe == 0 or step == total_steps:
+          save_alphas(run_dir, step, state.alphas)
         if eigen_every and step % eigen_every == 0:
           last_eigen, last_eigen_step = float(jax.device_get(metrics["hessian_eigenvalue"])), step
         if step % cfg.log_every == 0 or step == total_steps:

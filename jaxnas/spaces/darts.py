@@ -31,6 +31,12 @@ Options shared by every recipe:
 - ``edge_normalization`` (PC-DARTS): the weights carry one more entry per cell kind,
   ``"<kind>_edges"`` of shape (14,), and node ``i`` sums ``w_edges[e] · ō_e(x)`` over its incoming
   edges (the relaxation normalises ``w_edges`` per node, ``jaxnas.relax.pc_darts``).
+- ``op_set`` (``"darts"``, ``"dartopti"``): the candidate operations. ``"dartopti"`` is D-DARTS'
+  S_o (§4.4 of Heuillet et al. 2023), 12 ops without ``none``, computed by
+  :class:`jaxnas.spaces.dartopti.DartoptiEdgeGroup` with the same grouping.
+- ``init_genotype`` (``"resnet18"``, ``"resnet50"``; DARTOpti): the network's shape (cells,
+  reductions, nodes per cell) and its initial alphas come from a hand-made network of
+  :mod:`jaxnas.spaces.dartopti_ops`; see :class:`DartsSearchNetwork`.
 - ``remat`` (``"none"``, ``"cell"``, ``"op"``): rematerialisation. ``"cell"`` wraps each cell in
   ``flax.linen.remat`` (``jax.checkpoint``): only a cell's inputs are kept for the backward pass and
   its inside is recomputed; ``"op"`` wraps each group of mixed ops the same way. Same numbers, less
@@ -46,6 +52,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnas.derive import DARTS_NUM_NODES, DARTS_OPS, darts_edge_sources
+from jaxnas.spaces import dartopti_ops
 from jaxnas.errors import JaxnasError
 from jaxnas.spaces.layers import (BatchNorm, add_skip_noise, avg_pool_3x3, conv2d,
                                   depthwise_conv2d, max_pool_3x3, torch_uniform)
@@ -54,6 +61,7 @@ __all__ = ["DARTS_OPS", "DARTS_EDGES", "DartsSearchNetwork", "reduction_indices"
            "partial_channel_output", "REMAT_MODES", "check_partial_channels"]
 
 REMAT_MODES = ("none", "cell", "op")
+OP_SETS = {"darts": DARTS_OPS, "dartopti": dartopti_ops.DARTOPTI_OPS}
 
 NUM_NODES = DARTS_NUM_NODES
 # (to intermediate node, from state) per edge, in the reference's order: node i takes states 0..i+1.
@@ -238,17 +246,24 @@ class DartsCell(nn.Module):
   skip_noise: float = 0.0
   partial_channels: int = 1
   remat_ops: bool = False
+  op_set: str = "darts"
+  steps: int = NUM_NODES
 
   @nn.compact
   def __call__(self, s0, s1, weights, train: bool, edge_weights=None):
     c, k = self.channels, self.partial_channels
     states = [Preprocess(c, self.reduction_prev, self.dtype, name="pre0")(s0, train=train),
               Preprocess(c, False, self.dtype, name="pre1")(s1, train=train)]
+    if self.op_set == "dartopti":
+      from jaxnas.spaces.dartopti import DartoptiEdgeGroup as base  # noqa: PLC0415
+    else:
+      base = DartsEdgeGroup
     # `train` is positional so that nn.remat can hold it static (keywords are traced).
-    group_cls = nn.remat(DartsEdgeGroup, static_argnums=(3,)) if self.remat_ops else DartsEdgeGroup
-    inbox = {i: [] for i in range(NUM_NODES)}
-    for src in range(NUM_NODES + 1):
-      edges = _EDGES_FROM[src]
+    group_cls = nn.remat(base, static_argnums=(3,)) if self.remat_ops else base
+    cell_edges = darts_edge_sources(self.steps)
+    inbox = {i: [] for i in range(self.steps)}
+    for src in range(self.steps + 1):
+      edges = tuple(e for e, (_, s) in enumerate(cell_edges) if s == src)
       stride = 2 if self.reduction and src < 2 else 1
       group = group_cls(len(edges), c // k, stride, self.depthwise, self.dtype, self.skip_noise,
                         name=f"from_{src}")
@@ -260,10 +275,11 @@ class DartsCell(nn.Module):
         out = partial_channel_output(out, x[..., c // k:], stride, k)
       for slot, e in enumerate(edges):
         y = out[..., slot, :]
-        inbox[DARTS_EDGES[e][0]].append(y if edge_weights is None else edge_weights[e] * y)
+        inbox[cell_edges[e][0]].append(y if edge_weights is None else edge_weights[e] * y)
       if src >= 1:  # after the groups from states 0..src, node src-1 has all its inputs
         states.append(sum(inbox[src - 1]))
-    return jnp.concatenate(states[2:], axis=-1)
+    # The last four states (the reference's multiplier 4): all of them for DARTS' four nodes.
+    return jnp.concatenate(states[-4:], axis=-1)
 
 
 class DartsSearchNetwork(nn.Module):
@@ -288,6 +304,24 @@ class DartsSearchNetwork(nn.Module):
       all reduction cells, ``weights = {"normal": (14, 8), "reduce": (14, 8)}``. ``"none"``
       (D-DARTS, Heuillet et al. 2022): every cell has its own alphas, ``weights = {"cells":
       (L, 14, 8)}``, row ``i`` for cell ``i``; see :mod:`jaxnas.ddarts`.
+    op_set: ``"darts"`` (the 8 DARTS ops) or ``"dartopti"`` (D-DARTS' S_o, 12 ops, no ``none``;
+      ``op_names`` follows it).
+    init_genotype: ``""`` or the name of a hand-made network (``"resnet18"``, ``"resnet50"``,
+      :data:`jaxnas.spaces.dartopti_ops.HANDMADE`); DARTOpti (D-DARTS §4.4). It needs
+      ``op_set="dartopti"`` and ``cell_sharing="none"``, and fixes the network's shape: its
+      ``len(seq)`` cells (``num_cells`` must match), its reduction cells, ``steps`` nodes per cell
+      (4 for ResNet-18, 6 for ResNet-50; a cell outputs its last four states, as the reference's
+      multiplier 4). ``weights = {"cells": (G, E, 12)}`` with one row per *distinct* cell of the
+      genotype (G = 1 for ResNet-18, 3 for ResNet-50): position ``i`` of the network mixes with
+      row ``seq[i]``, so identical cells share their alphas (the authors' ``cell_dict``: a
+      repeated cell reads the alphas of its first occurrence). They do not share weights: each
+      position has its own, as in the authors' code, because positions of one distinct cell sit
+      in different stages with different channel counts (ResNet-18's one cell runs at C, 2C, 4C
+      and 8C), so the paper's "identical cells share weights" cannot hold for the convolutions.
+      ``init_alphas`` gives 10 on the genotype's (edge, op) entries and 0 elsewhere
+      (:func:`jaxnas.spaces.dartopti_ops.genotype_alphas`). ``"gates"`` then has one entry per
+      distinct cell, applied at each of its positions (the authors deactivate only a distinct
+      cell's first position when they measure its marginal contribution).
 
   ``weights`` is the output of a relaxation. It may also carry ``"gates"``, shape ``(L,)``, values
   in [0, 1] (used by D-DARTS' ablations, :func:`jaxnas.ddarts.deactivated_mixing`): cell ``i``'s
@@ -311,15 +345,42 @@ class DartsSearchNetwork(nn.Module):
   partial_channels: int = 1
   edge_normalization: bool = False
   remat: str = "none"
+  op_set: str = "darts"
+  init_genotype: str = ""
 
   op_names: Sequence[str] = DARTS_OPS
   space_name = "darts"
   default_rule = "darts-top2"
 
+  def __post_init__(self):
+    if self.op_set in OP_SETS and tuple(self.op_names) == DARTS_OPS:
+      object.__setattr__(self, "op_names", OP_SETS[self.op_set])
+    super().__post_init__()
+
+  def _structure(self):
+    """``(steps, reductions, seq, rows)``: nodes per cell, reduction cells, each position's alpha
+    row, and the number of alpha rows (per-cell alphas), from ``init_genotype`` or DARTS'."""
+    if self.op_set not in OP_SETS:
+      raise JaxnasError(f"op_set is {self.op_set!r}; choose one of {', '.join(OP_SETS)}")
+    if not self.init_genotype:
+      return (NUM_NODES, tuple(reduction_indices(self.num_cells)), tuple(range(self.num_cells)),
+              self.num_cells)
+    net = dartopti_ops.handmade(self.init_genotype)
+    if self.op_set != "dartopti" or self.cell_sharing != "none":
+      raise JaxnasError(f"init_genotype {self.init_genotype!r} needs the 12-op set and per-cell "
+                        "alphas (op_set='dartopti', cell_sharing='none'): use --method dartopti")
+    if self.num_cells != len(net.seq):
+      raise JaxnasError(f"{self.init_genotype} has {len(net.seq)} cells but the network was asked "
+                        f"for {self.num_cells}; leave --cells out or pass --cells {len(net.seq)}")
+    return net.steps, tuple(net.reductions), tuple(net.seq), len(net.genes)
+
+  def _edge_op_shape(self):
+    return (len(darts_edge_sources(self._structure()[0])), len(self.op_names))
+
   def alpha_shapes(self):
-    shape = (len(DARTS_EDGES), len(DARTS_OPS))
+    shape = self._edge_op_shape()
     if self.cell_sharing == "none":
-      return {"cells": (self.num_cells,) + shape}
+      return {"cells": (self._structure()[3],) + shape}
     if self.edge_normalization:
       edges = (len(DARTS_EDGES),)
       return {"normal": shape, "reduce": shape, "normal_edges": edges, "reduce_edges": edges}
@@ -331,10 +392,14 @@ class DartsSearchNetwork(nn.Module):
     With ``cell_sharing="none"``, α = 0 for every cell, as D-DARTS (``Cell.__init__`` in
     aheuillet/D-DARTS): all sigmoid weights start at 1/2.
     """
+    if self.init_genotype:
+      self._structure()  # one-line errors first
+      return {"cells": jnp.asarray(dartopti_ops.genotype_alphas(
+          dartopti_ops.handmade(self.init_genotype), op_names=self.op_names), self.dtype)}
     if self.cell_sharing == "none":
       return {"cells": jnp.zeros(self.alpha_shapes()["cells"], self.dtype)}
     kn, kr = jax.random.split(key)
-    shape = (len(DARTS_EDGES), len(DARTS_OPS))
+    shape = self._edge_op_shape()
     if self.edge_normalization:  # PC-DARTS' β = 1e-3 · N(0, 1); α as without it
       kbn, kbr = jax.random.split(jax.random.fold_in(key, 1))
       return {"normal": 1e-3 * jax.random.normal(kn, shape, self.dtype),
@@ -350,12 +415,13 @@ class DartsSearchNetwork(nn.Module):
     if self.cell_sharing not in ("type", "none"):
       raise JaxnasError(f"cell_sharing is {self.cell_sharing!r}; choose 'type' (one alphas per "
                         "cell type, DARTS) or 'none' (one per cell, D-DARTS)")
+    steps, reductions, seq, rows = self._structure()
     gates = weights.get("gates") if isinstance(weights, dict) else None
-    if gates is not None:
+    if gates is not None:  # one gate per alpha row (per distinct cell with init_genotype)
       weights = {k: v for k, v in weights.items() if k != "gates"}
-      if tuple(jnp.shape(gates)) != (self.num_cells,):
+      if tuple(jnp.shape(gates)) != (rows,):
         raise JaxnasError(f"weights['gates'] has shape {tuple(jnp.shape(gates))} but the network "
-                          f"has {self.num_cells} cells; pass one gate per cell")
+                          f"has {rows} cells; pass one gate per cell")
     check_weights(weights, self.alpha_shapes(), "darts")
     check_partial_channels(self.channels, self.num_cells, self.partial_channels)
     if self.remat not in REMAT_MODES:
@@ -372,25 +438,24 @@ class DartsSearchNetwork(nn.Module):
     s = BatchNorm(affine=True, dtype=self.dtype, name="stem_bn")(conv2d(x, stem_k, padding=1),
                                                                    train=train)
     s0 = s1 = s
-    reductions = reduction_indices(self.num_cells)
     c_curr, reduction_prev = c, False
     for i in range(self.num_cells):
       reduction = i in reductions
       if reduction:
         c_curr *= 2
       if self.cell_sharing == "none":
-        w = weights["cells"][i].astype(self.dtype)
+        w = weights["cells"][seq[i]].astype(self.dtype)
       else:
         w = weights["reduce" if reduction else "normal"].astype(self.dtype)
       cell = cell_cls(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
                       self.skip_noise, self.partial_channels, self.remat == "op",
-                      name=f"cell_{i}")
+                      self.op_set, steps, name=f"cell_{i}")
       edge_w = None
       if self.edge_normalization:
         edge_w = weights["reduce_edges" if reduction else "normal_edges"].astype(self.dtype)
       out = cell(s0, s1, w, train, edge_w)
       if gates is not None:
-        g = gates[i].astype(self.dtype)
+        g = gates[seq[i]].astype(self.dtype)
         out = g * out + (1 - g) * s1 if out.shape == s1.shape else g * out
       s0, s1 = s1, out
       reduction_prev = reduction
