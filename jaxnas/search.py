@@ -604,7 +604,7 @@ def init_variables(model, key, image_shape, alphas, relaxation: Callable = relax
   a program that runs once (26 s on an H200 for the quick-start network). The values are
   deterministic in ``key``.
   """
-  cpu = jax.devices("cpu")[0]
+  cpu = jax.local_devices(backend="cpu")[0]
   seed = int(jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max))
   with jax.default_device(cpu):
     x = jnp.zeros((1,) + tuple(image_shape), model.dtype)
@@ -613,7 +613,7 @@ def init_variables(model, key, image_shape, alphas, relaxation: Callable = relax
     init = jax.jit(lambda k, x, w: model.init(k, x, w, train=False))
     compiled = init.lower(init_key, x, weights).compile({"xla_backend_optimization_level": 0})
     variables = compiled(init_key, x, weights)
-  variables = jax.device_put(variables, jax.devices()[0])
+  variables = jax.device_put(variables, jax.local_devices()[0])
   return variables["params"], variables.get("batch_stats", {})
 
 
@@ -631,7 +631,7 @@ def init_search_state(model, recipe: Recipe, key, image_shape, *, steps_per_epoc
   # Commit every leaf to the device: the step's outputs are committed, and jit keys its cache on
   # whether inputs are, so an uncommitted leaf (jnp.asarray(0) above) would make the second step
   # compile the whole program again (measured: 97 s + 66 s for one tiny NB201 step).
-  return jax.device_put(state, jax.devices()[0])
+  return jax.device_put(state, jax.local_devices()[0])  # this process's (multi-host)
 
 
 def evaluate(model, relaxation: Callable, state: SearchState, images, labels, *,
