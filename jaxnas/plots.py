@@ -5,11 +5,13 @@ From what :mod:`jaxnas.run` leaves in a run directory (``config.json``, ``metric
 ``trajectory/step_*.npz`` of :mod:`jaxnas.trajectory`):
 
 - ``mixing_<cell>.png`` (``normal``/``reduce`` for DARTS, ``cell`` for NAS-Bench-201): the mixing
-  weights of every edge over the search, one figure per cell type, one panel per edge (row: the
-  edge's target node, column: its source), one line per operation, one shared legend. The mixing
+  weights of every edge over the search (from the ``--save-trajectory`` snapshots, else from the
+  alphas the search saves at its start and each epoch's end, ``alphas_history/``), one figure
+  per cell type, one panel per edge (row: the edge's target node, column: its source), one line
+  per operation, one shared legend. The mixing
   weights are the run's relaxation of the saved alphas, deterministic (``relaxation(alphas, None)``,
   what derivation sees): :math:`\mathrm{softmax}(\alpha_e)` for DARTS, :math:`\sigma(\alpha_e)` for
-  FairDARTS. Needs the snapshots; without them the command says so and draws only
+  FairDARTS. Needs one of the two; without them the command says so and draws only
 - ``mixing_final.png``: the final mixing weights (``alphas.npz``) as an edges x operations table.
 - ``genotype_<cell>.png``: the derived cell as in the DARTS paper's figures: inputs
   :math:`c_{k-2}`, :math:`c_{k-1}` (green), intermediate nodes 0..3 (blue), output :math:`c_k`
@@ -119,15 +121,17 @@ def _read_alphas(path: pathlib.Path, prefix: str = "") -> dict:
             and k != "step"}
 
 
-def _snapshots(run: _Run) -> list[tuple[int, dict]]:
-  """``(step, alphas)`` of every trajectory snapshot, in step order (alphas only are read)."""
-  folder = run.path / "trajectory"
+def _snapshots(run: _Run, folder: str = "trajectory",
+               prefix: str = "alphas/") -> list[tuple[int, dict]]:
+  """``(step, alphas)`` of every snapshot in ``RUN_DIR/folder``, in step order (alphas only are
+  read): ``trajectory/`` (``--save-trajectory``) or ``alphas_history/`` (each epoch's end)."""
+  folder = run.path / folder
   out = []
   for f in sorted(folder.glob("step_*.npz")) if folder.is_dir() else ():
     if not _SNAPSHOT.fullmatch(f.name):
       continue
     try:
-      alphas = _read_alphas(f, "alphas/")
+      alphas = _read_alphas(f, prefix)
     except (OSError, ValueError) as e:
       raise JaxnasError(f"{f} cannot be read ({e}); the run directory is damaged") from None
     out.append((int(_SNAPSHOT.fullmatch(f.name).group(1)), alphas))
@@ -285,7 +289,8 @@ def plot_mixing_final(mixing: dict, *, space: str, op_names, path,
     lo, hi = w.min(axis=1, keepdims=True), w.max(axis=1, keepdims=True)
     shade = (w - lo) / np.where(hi > lo, hi - lo, 1.0)
     ax.imshow(shade, cmap="Blues", vmin=0, vmax=1.25, aspect="auto")
-    digits = 3 if float(np.max(hi - lo)) < 0.05 else 2
+    spread = float(np.max(hi - lo))  # enough digits that each row's ranking shows
+    digits = 2 if spread >= 0.05 else 3 if spread >= 0.005 else 4
     for (e, k), v in np.ndenumerate(w):
       ax.text(k, e, f"{v:.{digits}f}", ha="center", va="center", fontsize=7.5,
               color="white" if shade[e, k] > 0.7 else "black",
@@ -687,6 +692,12 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
     return found
 
   snaps = _snapshots(run)
+  if not snaps:
+    from jaxnas.run import ALPHAS_HISTORY
+    snaps = _snapshots(run, ALPHAS_HISTORY, "")
+    if snaps:
+      notes.append(f"mixing weights over the search from the alphas at each epoch's end "
+                   f"({ALPHAS_HISTORY}/); --save-trajectory N draws them every N steps")
   if snaps:
     mixings = [tables(a) for _, a in snaps]
     for cell in mixings[0]:
@@ -695,7 +706,7 @@ def plot_run(run_dir, *, stdout=None) -> list[pathlib.Path]:
           path=out / f"mixing_{cell}.png",
           title=f"{title}\nmixing weights, {'the' if cell == 'cell' else 'the ' + cell} cell"))
   else:
-    notes.append("no per-step alphas (trajectory/step_*.npz): run the search with "
+    notes.append("no per-step alphas (trajectory/ or alphas_history/): run the search with "
                  "--save-trajectory N to plot the mixing weights over the search; drew the final "
                  "ones only")
   alphas_path = run.path / "alphas.npz"

@@ -48,7 +48,8 @@ from jaxnas.search import cross_entropy, epoch_cosine_schedule
 
 __all__ = ["TrainConfig", "TrainState", "load_genotype", "resolve", "validate", "make_optimizer",
            "make_train_step", "init_train_state", "evaluate", "run_train", "NONFINITE_QUANTITIES",
-           "nonfinite_mask", "describe_nonfinite", "resume_config", "check_resume_flags"]
+           "nonfinite_mask", "describe_nonfinite", "resume_config", "check_resume_flags",
+           "paper_counts"]
 
 # Defaults by (genotype space, image size class). "paper": 32×32 images, the papers' protocols.
 # "small": images under 32×32 (digits): the auxiliary head cannot be built (it needs 8×8 at cell
@@ -363,6 +364,36 @@ def evaluate(model, params, batch_stats, images, labels, *, batch_size: int = 25
   return total_loss / n, total_correct / n
 
 
+def paper_counts(genotype) -> tuple[int, int, int]:
+  """``(params, params with the auxiliary head, multiply-adds)`` of ``genotype``'s network as the
+  papers report it: 10 classes, 32×32×3 images, C = 36 and L = 20 (darts) or C = 16 and N = 5
+  (nb201), counted by :func:`jaxnas.evalnet.count_params` and :func:`~jaxnas.evalnet.count_macs`.
+  """
+  paper = _DEFAULTS[(genotype.space, "paper")]
+  darts = genotype.space == "darts"
+  net = evalnet.build(genotype, channels=paper["channels"], cells=paper["cells"], num_classes=10,
+                      auxiliary=darts)
+  plain, with_aux = evalnet.count_params(net, (32, 32, 3))
+  macs = evalnet.count_macs(
+      evalnet.build(genotype, channels=paper["channels"], cells=paper["cells"], num_classes=10),
+      (32, 32, 3))
+  return plain, with_aux, macs
+
+
+def _print_paper_counts(genotype, cfg: TrainConfig, num_classes: int, data_shape, stdout) -> None:
+  """A dry run of another network (smaller, other data) also prints the papers' figures."""
+  paper = _DEFAULTS[(genotype.space, "paper")]
+  if ((cfg.channels, cfg.cells, num_classes) == (paper["channels"], paper["cells"], 10)
+      and tuple(data_shape) == (32, 32, 3)):
+    return
+  plain, with_aux, macs = paper_counts(genotype)
+  darts = genotype.space == "darts"
+  size = f"C={paper['channels']}, {'L' if darts else 'N'}={paper['cells']}"
+  print(f"the papers' network ({size}, 10 classes, 32×32×3): {plain:,} parameters"
+        + (f" without the auxiliary head, {with_aux:,} with it" if darts else "")
+        + f"; {macs / 1e6:.2f}M multiply-adds", file=stdout, flush=True)
+
+
 def _augment_module():
   """``jaxnas.data.augment`` if this version has it, else None."""
   try:
@@ -560,6 +591,7 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
         f"auxiliary weight {cfg.auxiliary_weight}, drop-path {cfg.drop_path}, cutout {cfg.cutout}",
         file=stdout, flush=True)
   if cfg.dry_run:
+    _print_paper_counts(genotype, cfg, dataset.num_classes, data_shape, stdout)
     return run_dir
 
   tx, schedule = make_optimizer(cfg, steps_per_epoch=spe)

@@ -225,6 +225,17 @@ def test_resume_needs_a_run_and_refuses_a_finished_one(dry_run_dir, tmp_path, ca
   assert "holds a finished search (summary.json)" in capsys.readouterr().err
 
 
+def test_save_alphas_writes_the_host_arrays_whole(tmp_path):
+  alphas = {"normal": jnp.arange(14 * 8.0).reshape(14, 8), "reduce": -jnp.ones((14, 8))}
+  path = run.save_alphas(tmp_path, 7, alphas)
+  assert path == tmp_path / "alphas_history" / "step_000007.npz"
+  assert [p.name for p in (tmp_path / "alphas_history").iterdir()] == [path.name]  # no partial
+  with np.load(path) as f:
+    assert sorted(f.files) == ["normal", "reduce"]
+    np.testing.assert_array_equal(f["normal"], np.arange(14 * 8.0).reshape(14, 8))
+    np.testing.assert_array_equal(f["reduce"], -np.ones((14, 8)))
+
+
 def test_truncate_metrics_keeps_lines_up_to_the_step_and_drops_a_cut_line(tmp_path):
   path = tmp_path / "metrics.jsonl"
   path.write_text("".join(json.dumps({"step": s, "loss": s / 3}) + "\n" for s in range(1, 6))
@@ -316,3 +327,15 @@ def test_killed_search_resumes_to_bit_identical_alphas(tmp_path):
   from jaxnas import tb
   assert [s for s, _ in tb.read_scalars(killed)["alpha_grad_norm"]] == list(range(1, 31))
   assert sorted(int(p.name) for p in ckpt_dir.iterdir() if p.name.isdigit()) == [26, 28, 30]
+  # The alphas at the start, each epoch's end and the last step (for jaxnas plot): the same files.
+  spe = json.loads((whole / "config.json").read_text())["steps_per_epoch"]
+  history = lambda d: sorted(p.name for p in (d / run.ALPHAS_HISTORY).iterdir())
+  assert history(whole) == history(killed) == [
+      f"step_{s:06d}.npz" for s in sorted({0, *range(spe, 31, spe), 30})]
+  for name in history(whole):
+    with np.load(whole / run.ALPHAS_HISTORY / name) as a, \
+         np.load(killed / run.ALPHAS_HISTORY / name) as b:
+      assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+  with np.load(whole / run.ALPHAS_HISTORY / "step_000030.npz") as a, \
+       np.load(whole / "alphas.npz") as b:
+    assert all(np.array_equal(a[k], b[k]) for k in b.files)

@@ -16,7 +16,8 @@ def _config(space, recipe="darts-1st", relaxation="softmax"):
           "recipe": {"name": recipe, "relaxation": relaxation, "relaxation_options": []}}
 
 
-def _write_run(root, space, *, shapes, genotype, trajectory=True, relaxation="softmax"):
+def _write_run(root, space, *, shapes, genotype, trajectory=True, relaxation="softmax",
+               history=False):
   """A finished run directory as jaxnas.run writes it: config, metrics, alphas, genotype, and
   snapshots."""
   root.mkdir()
@@ -35,6 +36,11 @@ def _write_run(root, space, *, shapes, genotype, trajectory=True, relaxation="so
       arrays = {f"alphas/{k}": start[k] + step * drift[k] for k in shapes}
       np.savez(root / "trajectory" / f"step_{step:06d}.npz", step=np.int64(step),
                **{"weights/dense/kernel": np.zeros((2, 2))}, **arrays)
+  if history:  # what run_search saves at its start and each epoch's end (4 steps)
+    (root / "alphas_history").mkdir()
+    for step in (0, 4, 8, 12):
+      np.savez(root / "alphas_history" / f"step_{step:06d}.npz",
+               **{k: start[k] + step * drift[k] for k in shapes})
   np.savez(root / "alphas.npz", **{k: start[k] + 12 * drift[k] for k in shapes})
   genotype.save(root)
   return root
@@ -153,6 +159,29 @@ def test_plot_of_a_seeds_output_draws_every_seed(tmp_path, capsys):
     for name in ["mixing_final.png", "genotype_cell.png", "curves.png"]:
       assert f"wrote {root / f'seed-{s}' / 'plots' / name}" in stdout
       assert (root / f"seed-{s}" / "plots" / name).stat().st_size > 15_000
+
+
+def test_without_snapshots_the_epoch_alphas_draw_the_mixing_over_the_search(tmp_path, capsys,
+                                                                            monkeypatch):
+  drawn = []
+  plot = plots.plot_mixing_trajectory
+  monkeypatch.setattr(plots, "plot_mixing_trajectory",
+                      lambda steps, mixings, cell, **k: drawn.append((steps, mixings, cell))
+                      or plot(steps, mixings, cell, **k))
+  run = _write_run(tmp_path / "run", "darts", shapes={"normal": (14, 8), "reduce": (14, 8)},
+                   genotype=genotypes.get("DARTS_V2"), trajectory=False, history=True)
+  assert cli.main(["plot", str(run)]) == 0
+  stdout = capsys.readouterr().out
+  assert "note: mixing weights over the search from the alphas at each epoch's end" in stdout
+  assert [cell for _, _, cell in drawn] == ["normal", "reduce"]
+  steps, mixings, _ = drawn[0]
+  assert list(steps) == [0, 4, 8, 12]
+  with np.load(run / "alphas_history" / "step_000008.npz") as f:
+    a = f["reduce"]
+  softmax = np.exp(a) / np.exp(a).sum(-1, keepdims=True)  # DARTS' relaxation, by hand
+  np.testing.assert_allclose(mixings[2]["reduce"], softmax, rtol=1e-12)
+  for cell in ("normal", "reduce"):
+    _check_png(run / "plots" / f"mixing_{cell}.png")
 
 
 def test_mixing_weights_are_the_runs_relaxation_of_the_alphas(tmp_path):

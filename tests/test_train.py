@@ -111,6 +111,11 @@ def test_dry_run_prints_the_counts(tmp_path, capsys):
   config = json.loads((out / "config.json").read_text())
   assert config["num_params_32x32x3"] == plain and config["macs_32x32x3"] == macs
   assert not (out / "metrics.jsonl").exists()
+  # The papers' network (C = 36, L = 20), counted by the per-op formula of test_evalnet.
+  plain, aux, macs = _formula(genotypes.get("DARTS_V2"), 36, 20)
+  assert (f"the papers' network (C=36, L=20, 10 classes, 32×32×3): {plain:,} parameters without "
+          f"the auxiliary head, {plain + aux:,} with it; {macs / 1e6:.2f}M multiply-adds") in text
+  assert "3,349,342 parameters without the auxiliary head, 3,825,768 with it; 528.36M" in text
 
 
 def _error(argv, capsys):
