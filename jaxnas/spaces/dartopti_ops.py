@@ -3,14 +3,16 @@
 D-DARTS §4.4 (Heuillet et al., 2023): a hand-made network is written as a few distinct cells
 ("one cell per distinct layer type") and a sequence saying which cell each position of the
 network uses; the search then starts from that architecture (alphas initialised so its
-operations dominate) over the 12 operations of S_o. This module holds the data only: the operation
+operations dominate) over the 12 operations of S_o. This module holds the data: the operation
 names in the authors' order (``genotypes.py:PRIMITIVES`` of aheuillet/D-DARTS), the ResNet-18 and
 ResNet-50 encodings (``genotypes.py:ResNet18``, ``ResNet50``) and the alphas they start from.
+The supernet that runs S_o is the darts space with ``op_set="dartopti"`` (the 12-op edge group is
+:class:`jaxnas.spaces.dartopti.DartoptiEdgeGroup`); ``init_genotype="resnet18"`` (``jaxnas search
+--method dartopti --init-genotype resnet18``) shapes it after a network here and starts its alphas
+from :func:`genotype_alphas`; the ``dartopti`` recipe adds the 5-epoch warm start.
 
-Not done yet: the 12-op supernet, the 5-epoch warm start and ``--init-genotype``.
-
-The five operations S_o adds to DARTS' seven (``operations.py:OPS`` of the authors' code; none of
-them is implemented as a network layer in jaxnas yet):
+The five operations S_o adds to DARTS' seven (``operations.py:OPS`` of the authors' code,
+implemented in :mod:`jaxnas.spaces.dartopti`):
 
 - ``conv_3x1_1x3``: ReLU → conv (1×3, stride (1, s)) → conv (3×1, stride (s, 1)) → BN;
 - ``conv_7x1_1x7``: ReLU → conv (1×7) → conv (7×1) → BN, strides as above;
