@@ -170,7 +170,7 @@ def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None) -> pathlib.Path:
                    ("--eigen-every", plan.eigen_every), ("--save-trajectory", cfg.save_trajectory)):
     if on:
       raise JaxnasError(f"{what} is not available with --seeds; run the seeds one at a time")
-  mesh = parallel.make_mesh(getattr(cfg, "devices", None))
+  mesh = parallel.make_mesh(cfg.devices)
   parallel.check_batch_size(cfg.batch_size, mesh)
   seeds = list(range(cfg.seed, cfg.seed + num_seeds))
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
