@@ -124,6 +124,9 @@ class Recipe:
       :func:`jaxnas.run.run_search` evaluates at each epoch end, or None to run all steps.
     arch_first: architecture step before the weight step (DARTS); False for GDAS's order.
     arch_warmup_epochs: epochs of weight-only training before alphas move (PC-DARTS: 15).
+    arch_update_hook: name in :data:`jaxnas.search.ARCH_UPDATE_HOOKS` of a function
+      ``hook(old_alphas, new_alphas, mixing) -> alphas`` applied after each architecture update,
+      ``mixing`` being the arch step's sample (ProxylessNAS' ``rescale-pair-logits``); None: none.
     space_options: keyword options for the search space's module that the method needs, e.g.
       NoisyDARTS' ``(("skip_noise", 0.2),)``.
     weight_optimizer, arch_optimizer: optimiser settings.
@@ -144,6 +147,7 @@ class Recipe:
   stopping: Optional[str] = None
   arch_first: bool = True
   arch_warmup_epochs: int = 0
+  arch_update_hook: Optional[str] = None
   space_options: tuple = ()
   weight_optimizer: WeightOptimizer = WeightOptimizer()
   arch_optimizer: ArchOptimizer = ArchOptimizer()
@@ -478,12 +482,14 @@ register(Recipe(
     name="proxylessnas",
     description="ProxylessNAS: binary gates, two paths sampled per edge and only those computed, "
                 "re-normalised two-path gradient, latency term 0.1·E[normalised latency] from the "
-                "op-cost table, weight step first; arch Adam 1e-3 β (0, 0.999), no weight decay",
+                "op-cost table, weight step first; arch Adam 1e-3 β (0, 0.999), no weight decay; "
+                "the pair's logits shifted after each arch step so the others' probabilities stay",
     relaxation="binary-gates",
     regularizers=(Regularizer("expected-latency", 0.1),),
     space_options=(("sampled", True),),
     arch_first=False,
     arch_optimizer=ArchOptimizer(lr=1e-3, b1=0.0, b2=0.999, weight_decay=0.0),
+    arch_update_hook="rescale-pair-logits",
     paper="Cai, Zhu, Han. ProxylessNAS: Direct Neural Architecture Search on Target Task and "
           "Hardware. ICLR 2019.",
 ))

@@ -34,7 +34,8 @@ from jaxnas.errors import JaxnasError
 __all__ = ["gumbel_tau", "gumbel_soft_sample", "straight_through", "gumbel_hard", "gumbel_soft",
            "d2nas_gumbel", "node_of_edges", "dirichlet_concentration", "dirichlet", "binary_gates",
            "load_cost_table", "expected_cost", "expected_latency",
-           "expected_flops", "dirichlet_kl", "DEFAULT_COST_TABLE", "INACTIVE"]
+           "expected_flops", "dirichlet_kl", "rescale_pair_logits", "DEFAULT_COST_TABLE",
+           "INACTIVE"]
 
 TAU_START, TAU_END = 10.0, 0.1
 INACTIVE = "inactive"
@@ -384,10 +385,9 @@ def binary_gates(alphas, key=None):
 
   the paper's re-normalised two-path gradient (``set_arch_param_grad``). The sampled supernet
   computes exactly the two operations (``∂L/∂g_j = ⟨∂L/∂x, o_j(x)⟩`` needs both); the inactive one
-  is named, one-hot, under the mixing weights' extra key ``"inactive"``. Not implemented: the
-  reference's rescaling of the two updated logits after each arch step
-  (``rescale_updated_arch_param``), which keeps the unsampled operations' probabilities fixed;
-  jaxnas' Adam step updates the two logits as it would any others.
+  is named, one-hot, under the mixing weights' extra key ``"inactive"``. After each arch step the
+  recipe shifts the pair's two logits back (:func:`rescale_pair_logits`, the reference's
+  ``rescale_updated_arch_param``), so the unsampled operations' probabilities do not move.
 
   ``key=None`` gives ``softmax(alphas)`` (the reference keeps the most likely path).
   """
@@ -401,6 +401,40 @@ def binary_gates(alphas, key=None):
   gates = jax.tree.unflatten(treedef, [g for g, _ in rows])
   inactive = jax.tree.unflatten(treedef, [i for _, i in rows])
   return {**gates, INACTIVE: inactive}
+
+
+def rescale_pair_logits(old_alphas, new_alphas, mixing):
+  r"""ProxylessNAS' rescaling of the two updated logits after an arch step (Cai et al., ICLR 2019).
+
+  For each edge with sampled pair :math:`\{a, b\}` (the active operation, where the gates are 1,
+  and ``mixing["inactive"]``'s),
+
+  .. math:: \delta = \log\frac{e^{\alpha'_a} + e^{\alpha'_b}}{e^{\alpha_a} + e^{\alpha_b}},
+     \qquad \alpha''_j = \alpha'_j - \delta\ (j \in \{a, b\}),\quad
+     \alpha''_k = \alpha'_k\ \text{otherwise}
+
+  with :math:`\alpha` before and :math:`\alpha'` after the optimiser's update: the pair's total
+  :math:`e^{\alpha_a} + e^{\alpha_b}` is restored, so where the update moved only the pair, every
+  other operation keeps its probability :math:`\mathrm{softmax}(\alpha)_k` and the pair only
+  shares its mass anew (``MixedEdge.rescale_updated_arch_param`` in mit-han-lab/proxylessnas,
+  called after each arch step). Logits outside the pair are left as the update set them (the
+  latency term moves them too; the reference does the same).
+
+  Args:
+    old_alphas, new_alphas: dicts of ``(..., K)`` logits keyed by cell type.
+    mixing: :func:`binary_gates`' sample for this step (gates and ``"inactive"``).
+
+  Returns:
+    ``new_alphas`` with each edge's pair shifted.
+  """
+  out = {}
+  for kind, new in new_alphas.items():
+    old = old_alphas[kind]
+    pair = (jnp.round(mixing[kind]) + mixing[INACTIVE][kind]) > 0
+    delta = (jax.nn.logsumexp(new, axis=-1, where=pair, keepdims=True)
+             - jax.nn.logsumexp(old, axis=-1, where=pair, keepdims=True))
+    out[kind] = jnp.where(pair, new - delta, new)
+  return out
 
 
 # --- Op-cost terms: ProxylessNAS' expected latency, SNAS' resource constraint -------------------

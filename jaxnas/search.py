@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnas import derive, hypergrad, perturb, regularize, relax, stopping
+from jaxnas import derive, hypergrad, perturb, regularize, relax, sampling, stopping
 from jaxnas.errors import JaxnasError
 from jaxnas.methods import ArchOptimizer, Recipe, WeightOptimizer, options
 
@@ -273,6 +273,11 @@ def _regularizers(recipe: Recipe):
   return tuple((r, regularize.get(r.name)) for r in recipe.regularizers)
 
 
+# Post-update hooks on the alphas (Recipe.arch_update_hook): hook(old, new, mixing) -> alphas, with
+# ``mixing`` the relaxation's sample that the arch step's loss used (same key).
+ARCH_UPDATE_HOOKS = {"rescale-pair-logits": sampling.rescale_pair_logits}
+
+
 def check_recipe(recipe: Recipe, *, steps_per_epoch: int = 1, epochs: int = 1) -> None:
   """Raises a one-line JaxnasError if a name or option in ``recipe`` is unknown.
 
@@ -288,6 +293,9 @@ def check_recipe(recipe: Recipe, *, steps_per_epoch: int = 1, epochs: int = 1) -
                       + ", ".join(sorted(derive.RULES)))
   if recipe.stopping is not None:
     stopping.get(recipe.stopping)
+  if recipe.arch_update_hook is not None and recipe.arch_update_hook not in ARCH_UPDATE_HOOKS:
+    raise JaxnasError(f"unknown arch_update_hook {recipe.arch_update_hook!r}; choose one of: "
+                      + ", ".join(sorted(ARCH_UPDATE_HOOKS)))
 
 
 def _where_tree(pred, new, old):
@@ -430,6 +438,9 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     with _optax_promotion():
       updates, a_opt_state = a_tx.update(g_alpha, state.a_opt_state, state.alphas)
     alphas = optax.apply_updates(state.alphas, updates)
+    if recipe.arch_update_hook is not None:
+      mixing = jax.lax.stop_gradient(relaxation(state.alphas, key))
+      alphas = ARCH_UPDATE_HOOKS[recipe.arch_update_hook](state.alphas, alphas, mixing)
     if warmup_steps:
       active = state.step >= warmup_steps
       alphas = _where_tree(active, alphas, state.alphas)
@@ -547,6 +558,7 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         jnp.shape(t) == jnp.shape(v) and jnp.result_type(t) == jnp.result_type(v)
         for t, v in zip(jax.tree.leaves(train_batch), jax.tree.leaves(val_batch))))
     return (fuse_phases and same_batches and recipe.arch_first
+            and recipe.arch_update_hook is None
             and estimator is hypergrad.first_order
             and not any(regularize.is_loss_regularizer(r.name) for r, _ in regs)
             and (perturbation is None or not _accepts(perturbation, "loss_fn")))

@@ -128,3 +128,81 @@ def test_proxylessnas_runs_two_steps_on_the_darts_space(tmp_path, capsys):
   assert [m["step"] for m in lines] == [1, 2]
   assert all(np.isfinite(m["train_loss"]) and m["reg/expected-latency"] > 0 for m in lines)
   assert lines[-1]["alpha_grad_norm"] > 0
+
+
+# --- The rescaling of the pair's logits after each arch step ---------------------------------------
+
+def test_rescale_pair_logits_is_the_references_offset_by_hand():
+  rng = np.random.default_rng(5)
+  old = rng.normal(size=(3, 5))
+  new = old + rng.normal(size=(3, 5)) * 0.3
+  active, second = np.array([0, 4, 2]), np.array([3, 1, 4])
+  mixing = {"e": jax.nn.one_hot(active, 5, dtype=jnp.float64),
+            sampling.INACTIVE: {"e": jax.nn.one_hot(second, 5, dtype=jnp.float64)}}
+  got = np.asarray(sampling.rescale_pair_logits({"e": jnp.asarray(old)}, {"e": jnp.asarray(new)},
+                                                mixing)["e"])
+  expect = new.copy()
+  for r, (a, b) in enumerate(zip(active, second)):  # mix_op.py: offset = log(Σ e^new / Σ e^old)
+    offset = np.log((np.exp(new[r, a]) + np.exp(new[r, b])) / (np.exp(old[r, a]) + np.exp(old[r, b])))
+    expect[r, [a, b]] -= offset
+  np.testing.assert_allclose(got, expect, rtol=0, atol=1e-14)
+  # Where only the pair moved, every other operation keeps its probability.
+  moved = old.copy()
+  for r, (a, b) in enumerate(zip(active, second)):
+    moved[r, [a, b]] += [0.4, -0.9]
+  kept = np.asarray(sampling.rescale_pair_logits({"e": jnp.asarray(old)},
+                                                 {"e": jnp.asarray(moved)}, mixing)["e"])
+  p_old, p_new = _softmax_rows(old), _softmax_rows(kept)
+  for r, (a, b) in enumerate(zip(active, second)):
+    others = [k for k in range(5) if k not in (a, b)]
+    np.testing.assert_allclose(p_new[r, others], p_old[r, others], rtol=1e-13)
+    assert abs(p_new[r, a] - p_old[r, a]) > 1e-3
+
+
+def _softmax_rows(a):
+  e = np.exp(a - a.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def _toy_model():
+  """A two-edge, five-op model: logits = Dense(x) · (1 + Σ w ⊙ c), reading the gates only."""
+  import flax.linen as nn  # noqa: PLC0415
+
+  class Toy(nn.Module):
+    op_names = ("a", "b", "c", "d", "e")
+    dtype = jnp.float64
+
+    def init_alphas(self, key):
+      return {"normal": 0.5 * jax.random.normal(key, (2, 5), jnp.float64)}
+
+    @nn.compact
+    def __call__(self, x, weights, *, train):
+      c = jnp.asarray(np.arange(10.0).reshape(2, 5) / 10 - 0.3)
+      h = nn.Dense(3, param_dtype=jnp.float64)(x.reshape(x.shape[0], -1))
+      return h * (1 + jnp.sum(weights["normal"] * c))
+
+  return Toy()
+
+
+@pytest.mark.parametrize("hook", ["rescale-pair-logits", None])
+def test_the_search_step_applies_the_hook_after_the_arch_update(hook):
+  from jaxnas import methods, search  # noqa: PLC0415
+  recipe = methods.get("proxylessnas").replace(regularizers=(), arch_update_hook=hook,
+                                               arch_optimizer=methods.ArchOptimizer(
+                                                   lr=0.1, b1=0.0, b2=0.999, weight_decay=0.0))
+  model = _toy_model()
+  state = search.init_search_state(model, recipe, jax.random.key(0), (2, 2, 1),
+                                   steps_per_epoch=1, epochs=1)
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(4, 2, 2, 1))), "label": jnp.asarray([0, 1, 2, 0])}
+  old = np.asarray(state.alphas["normal"])
+  new_state, _ = search.make_search_step(model, recipe, steps_per_epoch=1, epochs=1, jit=False)(
+      state, batch, batch)
+  new = np.asarray(new_state.alphas["normal"])
+  changed = np.abs(new - old) > 1e-9
+  assert np.all(changed.sum(-1) == 2)  # b1 = 0, no decay: only the sampled pair moves
+  lse = lambda a: np.log(np.exp(a).sum(-1))
+  if hook:  # every row's normaliser, so every unsampled probability, is unchanged
+    np.testing.assert_allclose(lse(new), lse(old), rtol=0, atol=1e-13)
+  else:
+    assert np.all(np.abs(lse(new) - lse(old)) > 1e-6)
