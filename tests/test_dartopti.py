@@ -291,7 +291,7 @@ def test_dartopti_cli_three_steps(tmp_path):
   cmd = [sys.executable, "-m", "jaxnas.cli", "search", "--space", "darts", "--method", "dartopti",
          "--init-genotype", "resnet18", "--steps", "3", "--channels", "2", "--batch-size", "8",
          "--out", str(out)]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=2400)
   assert proc.returncode == 0, proc.stderr[-2000:]
   config = json.loads((out / "config.json").read_text())
   assert config["config"]["init_genotype"] == "resnet18"
