@@ -319,10 +319,11 @@ def _derive(args) -> int:
       {k: jnp.asarray(v) for k, v in alphas.items()}, None)
   rule = args.rule or recipe.derivation or model.default_rule
   genotype = derive.derive(rule, {k: np.asarray(v) for k, v in mixing.items()}, model.op_names)
+  from jaxnas import ddarts
+  genotype = ddarts.network_genotype(model, genotype)  # DARTOpti: every position, its reductions
   default_rule = recipe.derivation or model.default_rule
   out = run_dir / ("genotype.json" if rule == default_rule else f"genotype-{rule}.json")
   if args.cells is not None:  # D-DARTS' Algorithm 1: an n-cell network from the searched cells
-    from jaxnas import ddarts
     genotype = ddarts.deepen(genotype, args.cells)
     out = out.with_name(f"{out.stem}-{args.cells}cells.json")
   out.write_text(genotype.to_json() + "\n")

@@ -46,7 +46,8 @@ from jaxnas.errors import JaxnasError, unknown_name
 __all__ = ["DEACTIVATIONS", "DEFAULT_DEACTIVATION", "CellGenotype", "zero_one_per_cell",
            "deactivated_mixing", "marginal_contributions", "ablation_terms", "ablation_gradient",
            "ablation_loss", "ABLATION_REGULARIZERS", "derive_cells", "reduction_cells",
-           "algorithm1_indices", "code_indices", "deepen"]
+           "algorithm1_indices", "code_indices", "deepen", "nodes_of_edges", "place_cells",
+           "network_genotype"]
 
 DEACTIVATIONS = ("random", "zero", "identity")
 # The authors' choice, and the only one that is defined for every cell (see deactivated_mixing).
@@ -432,9 +433,15 @@ def derive_cells(weights, op_names=derive.DARTS_OPS, *, rule: str = "sparse",
   threshold) or :func:`jaxnas.derive.fairdarts_edge` (``rule="edge"``). The reduction cells are
   ``L // 3`` and ``2L // 3``, as the search network's.
 
+  Cells of any node count: the count ``s`` is read off the ``E`` rows of a cell,
+  ``E = Σ_{i<s} (i + 2) = s (s + 3) / 2`` (14 rows: 4 nodes; 27 rows: 6, DARTOpti's ResNet-50), so
+  ``s = (−3 + √(9 + 8E)) / 2``; the concat is the last four states
+  (:func:`jaxnas.derive.output_states`, as the search cell). A DARTOpti search's rows are its
+  *distinct* cells; :func:`place_cells` lays them out over the network's positions.
+
   Raises:
-    JaxnasError: for bad weights or threshold, or a cell in which no weight reaches the threshold
-      (the reference would build an empty cell).
+    JaxnasError: for bad weights or threshold, a row count that is no cell's, or a cell in which
+      no weight reaches the threshold (the reference would build an empty cell).
   """
   parsers = {"sparse": derive.fairdarts_sparse, "edge": derive.fairdarts_edge}
   if rule not in parsers:
@@ -446,15 +453,66 @@ def derive_cells(weights, op_names=derive.DARTS_OPS, *, rule: str = "sparse",
   cells = np.asarray(weights[_CELLS])
   if cells.ndim != 3:
     raise JaxnasError(f"weights['cells'] has shape {cells.shape}; expected (cells, 14, ops)")
+  steps = nodes_of_edges(cells.shape[1])
   genes = []
   for i, w in enumerate(cells):
     try:
-      genes.append(parsers[rule]({"normal": w, "reduce": w}, op_names,
-                                 threshold=threshold).normal)
+      genes.append(parsers[rule]({"normal": w, "reduce": w}, op_names, threshold=threshold,
+                                 num_nodes=steps).normal)
     except JaxnasError as e:
       raise JaxnasError(f"cell {i}: {e}") from None
-  return CellGenotype(genes, tuple(range(2, 2 + derive.DARTS_NUM_NODES)),
-                      reduction_cells(len(genes)))
+  return CellGenotype(genes, derive.output_states(steps), reduction_cells(len(genes)))
+
+
+def nodes_of_edges(num_edges: int) -> int:
+  """Intermediate nodes ``s`` of a darts cell with ``num_edges`` edges: ``s (s + 3) / 2 = E``.
+
+  >>> nodes_of_edges(14), nodes_of_edges(27), nodes_of_edges(2)
+  (4, 6, 1)
+
+  Raises:
+    JaxnasError: if no whole ``s`` has that many edges.
+  """
+  s = int(round((-3 + np.sqrt(9 + 8 * int(num_edges))) / 2))
+  if s < 1 or s * (s + 3) // 2 != num_edges:
+    raise JaxnasError(f"a cell's alphas have {num_edges} edge rows, which no darts cell has (s "
+                      "nodes have s(s + 3)/2 edges: 2, 5, 9, 14, 20, 27, ...)")
+  return s
+
+
+def place_cells(genotype: CellGenotype, seq, reductions) -> CellGenotype:
+  """The whole network's genotype from the genotypes of its distinct cells (DARTOpti).
+
+  Position ``i`` takes distinct cell ``seq[i]``'s genes, so identical cells share the derived
+  cell as they shared its alphas; ``reductions`` are the network's (e.g. ResNet-18's 1, 2, 3),
+  not ``L // 3`` and ``2L // 3``. This is the authors' ``Genotype_opt`` (``genes``, ``seq``,
+  ``reductions``) written out position by position, the form :class:`CellGenotype` and
+  ``jaxnas derive --cells N`` read.
+
+  Raises:
+    JaxnasError: if ``seq`` names a cell the genotype lacks.
+  """
+  seq = tuple(int(c) for c in seq)
+  bad = [c for c in seq if not 0 <= c < len(genotype.cells)]
+  if bad:
+    raise JaxnasError(f"the network's cell sequence {list(seq)} names cells {bad}, but the "
+                      f"genotype has {len(genotype.cells)}")
+  return CellGenotype(tuple(genotype.cells[c] for c in seq), genotype.concat, tuple(reductions))
+
+
+def network_genotype(model, genotype):
+  """``genotype`` over every position of ``model`` (a darts supernet), as the run writes it.
+
+  A search with ``init_genotype`` (DARTOpti) has one alpha row per distinct cell; its per-cell
+  genotype is laid out by :func:`place_cells` with the hand-made network's ``seq`` and
+  reductions. Any other genotype is returned as it is.
+  """
+  name = getattr(model, "init_genotype", "")
+  if not name or not isinstance(genotype, CellGenotype):
+    return genotype
+  from jaxnas.spaces import dartopti_ops  # noqa: PLC0415
+  net = dartopti_ops.handmade(name)
+  return place_cells(genotype, net.seq, net.reductions)
 
 
 # --- Algorithm 1 ----------------------------------------------------------------------------------
@@ -561,7 +619,9 @@ def deepen(genotype: CellGenotype, n: int) -> CellGenotype:
   """An ``n``-cell genotype from a searched one by :func:`algorithm1_indices` (the paper's Alg. 1).
 
   Cell ``i`` gets the genes of searched cell ``c_i``; the reductions are ``n // 3`` and
-  ``2n // 3``.
+  ``2n // 3``. Algorithm 1 assumes the searched network reduces at ``|C| // 3`` and
+  ``2|C| // 3``; a genotype that reduces elsewhere (DARTOpti's ResNet-18 at 1, 2, 3) is refused,
+  except for ``n = |C|``, which returns it unchanged.
 
   Raises:
     JaxnasError: for ``n < 1``, a genotype that is not per-cell, or an undefined case of
@@ -570,6 +630,15 @@ def deepen(genotype: CellGenotype, n: int) -> CellGenotype:
   if not isinstance(genotype, CellGenotype):
     raise JaxnasError(f"Algorithm 1 needs a per-cell genotype (a d-darts run's), got "
                       f"{type(genotype).__name__}")
+  _check_counts(len(genotype.cells), n)
+  searched = reduction_cells(len(genotype.cells))
+  if genotype.reductions != searched:
+    if n == len(genotype.cells):
+      return genotype
+    raise JaxnasError(f"Algorithm 1 needs the searched reductions at |C|/3 and 2|C|/3 "
+                      f"({list(searched)} for {len(genotype.cells)} cells); this genotype reduces "
+                      f"at {list(genotype.reductions)} (a hand-made network's): derive it without "
+                      f"--cells, or with --cells {len(genotype.cells)}")
   indices = algorithm1_indices(len(genotype.cells), n)
   return CellGenotype(tuple(genotype.cells[c] for c in indices), genotype.concat,
                       reduction_cells(n))

@@ -43,6 +43,7 @@ __all__ = [
     "GENOTYPE_FILE",
     "Genotype",
     "darts_edge_sources",
+    "output_states",
     "nb201_arch_string",
     "genotype_from_nb201_string",
     "darts_top2",
@@ -500,16 +501,35 @@ def _check_threshold(threshold, rule: str) -> float:
   return float(threshold)
 
 
-def _darts_arrays(weights, op_names, rule: str):
+def _darts_arrays(weights, op_names, rule: str, num_nodes: int = DARTS_NUM_NODES):
   op_names = _check_op_names(op_names)
   if all(name == "none" for name in op_names):
     raise JaxnasError(f"{rule} needs an operation other than 'none' to choose; op_names has only "
                       "'none'")
-  rows = len(darts_edge_sources())
+  rows = len(darts_edge_sources(num_nodes))
   return op_names, _check_weights(weights, "darts", {"normal": rows, "reduce": rows}, op_names)
 
 
-def _fairdarts_genotype(arrays, op_names, parse_cell, rule: str, threshold: float) -> Genotype:
+def _check_num_nodes(num_nodes, rule: str) -> int:
+  if isinstance(num_nodes, (bool, np.bool_)) or not isinstance(num_nodes, (int, np.integer)) \
+      or num_nodes < 1:
+    raise JaxnasError(f"{rule} num_nodes is {num_nodes!r}; it must be a whole number ≥ 1 (DARTS' "
+                      f"cells have {DARTS_NUM_NODES})")
+  return int(num_nodes)
+
+
+def output_states(num_nodes: int = DARTS_NUM_NODES) -> tuple[int, ...]:
+  """The states a darts cell of ``num_nodes`` intermediate nodes concatenates: its last four.
+
+  ``range(2 + num_nodes - 4, 2 + num_nodes)`` (all intermediate states when ``num_nodes ≤ 4``),
+  as the search cell (:class:`jaxnas.spaces.darts.DartsCell`, the reference's multiplier 4):
+  2..5 for DARTS' four nodes, 4..7 for DARTOpti's six-node ResNet-50 cells.
+  """
+  return tuple(range(2 + max(0, num_nodes - 4), 2 + num_nodes))
+
+
+def _fairdarts_genotype(arrays, op_names, parse_cell, rule: str, threshold: float,
+                        concat=_CONCAT) -> Genotype:
   cells = {}
   for cell in ("normal", "reduce"):
     masked = np.where(_not_none(op_names), arrays[cell], -np.inf)
@@ -519,12 +539,12 @@ def _fairdarts_genotype(arrays, op_names, parse_cell, rule: str, threshold: floa
       raise JaxnasError(f"{rule} kept no operation in the {cell} cell: no weight reached the "
                         f"threshold {threshold} (the largest is {largest:.4g}); lower the "
                         "threshold")
-  return Genotype(normal=cells["normal"], normal_concat=_CONCAT, reduce=cells["reduce"],
-                  reduce_concat=_CONCAT, space="darts")
+  return Genotype(normal=cells["normal"], normal_concat=concat, reduce=cells["reduce"],
+                  reduce_concat=concat, space="darts")
 
 
-def fairdarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD
-                     ) -> Genotype:
+def fairdarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD,
+                     num_nodes: int = DARTS_NUM_NODES) -> Genotype:
   """FairDARTS' default derivation, ``threshold_sparse`` (Chu et al., ECCV 2020, §4.3).
 
   For each cell and each intermediate node, take its two strongest incoming edges (strength = the
@@ -534,11 +554,18 @@ def fairdarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDART
   xiaomi-automl/FairDARTS); both concats are states 2..5, as the reference's ``range(2, 6)``.
   ``"none"`` never competes (FairDARTS has no ``none``; :func:`jaxnas.relax.sigmoid` gives it 0).
 
+  Cells of any number of nodes (``num_nodes``; DARTOpti's ResNet-50 cells have 6): node ``i``
+  owns the ``i + 2`` rows after those of nodes ``0 .. i − 1`` (:func:`darts_edge_sources`), and
+  the concats are :func:`output_states` (the last four states, as the search cell). The
+  reference's parse hard-codes four nodes; the rule itself does not depend on the count.
+
   Args:
-    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``sigmoid(alphas)``.
+    weights: ``{"normal": (E, K), "reduce": (E, K)}`` mixing weights, ``sigmoid(alphas)``;
+      ``E = 14`` for four nodes, ``num_nodes (num_nodes + 3) / 2`` in general.
     op_names: the ``K`` operation names, in column order.
     threshold: the smallest weight kept, from 0 to 1. Through :func:`derive` or a recipe, bind it
       with ``functools.partial(fairdarts_sparse, threshold=...)``.
+    num_nodes: intermediate nodes per cell (4).
 
   Returns:
     A darts :class:`Genotype` of triples; ties go to the lower state and the earlier operation.
@@ -548,23 +575,25 @@ def fairdarts_sparse(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDART
       reference would build an empty cell).
   """
   threshold = _check_threshold(threshold, "fairdarts-sparse")
-  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-sparse")
+  num_nodes = _check_num_nodes(num_nodes, "fairdarts-sparse")
+  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-sparse", num_nodes)
 
   def parse_cell(masked):
     best_op = masked.argmax(axis=1)
     genes = []
-    for node, start, end in _node_rows():
+    for node, start, end in _node_rows(num_nodes):
       for j in _ranked_edges(masked, start, end):
         edge = start + int(j)
         if masked[edge, best_op[edge]] >= threshold:
           genes.append((op_names[best_op[edge]], node + 2, int(j)))
     return tuple(genes)
 
-  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-sparse", threshold)
+  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-sparse", threshold,
+                             output_states(num_nodes))
 
 
-def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD
-                   ) -> Genotype:
+def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_THRESHOLD,
+                   num_nodes: int = DARTS_NUM_NODES) -> Genotype:
   """FairDARTS' ``threshold_edge`` derivation (xiaomi-automl/FairDARTS, ``fairdarts/utils.py``).
 
   Every edge of every node is considered, and each keeps its two heaviest operations whose weight
@@ -572,12 +601,13 @@ def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_
   written as ``(op, node, input)`` triples, node by node and edge by edge. Within an edge jaxnas
   lists the heavier operation first and breaks ties towards the earlier operation; the reference
   lists the lighter first and its ascending sort breaks ties towards the later one. ``"none"``
-  never competes.
+  never competes. Any number of nodes, as :func:`fairdarts_sparse`.
 
   Args:
-    weights: ``{"normal": (14, K), "reduce": (14, K)}`` mixing weights, ``sigmoid(alphas)``.
+    weights: ``{"normal": (E, K), "reduce": (E, K)}`` mixing weights, ``sigmoid(alphas)``.
     op_names: the ``K`` operation names, in column order.
     threshold: the smallest weight kept, from 0 to 1 (bind with ``functools.partial``).
+    num_nodes: intermediate nodes per cell (4).
 
   Returns:
     A darts :class:`Genotype` of triples.
@@ -586,11 +616,12 @@ def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_
     JaxnasError: on bad weights or threshold, or if a cell keeps no operation at all.
   """
   threshold = _check_threshold(threshold, "fairdarts-edge")
-  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-edge")
+  num_nodes = _check_num_nodes(num_nodes, "fairdarts-edge")
+  op_names, arrays = _darts_arrays(weights, op_names, "fairdarts-edge", num_nodes)
 
   def parse_cell(masked):
     genes = []
-    for node, start, end in _node_rows():
+    for node, start, end in _node_rows(num_nodes):
       for j in range(end - start):
         row = masked[start + j]
         for k in np.argsort(-row, kind="stable")[:2]:
@@ -598,7 +629,8 @@ def fairdarts_edge(weights, op_names=DARTS_OPS, *, threshold: float = FAIRDARTS_
             genes.append((op_names[k], node + 2, j))
     return tuple(genes)
 
-  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-edge", threshold)
+  return _fairdarts_genotype(arrays, op_names, parse_cell, "fairdarts-edge", threshold,
+                             output_states(num_nodes))
 
 
 def darts_plus_skip_limit(weights, op_names=DARTS_OPS, *, max_skips: int = 2) -> Genotype:

@@ -416,11 +416,13 @@ def derive_genotype(plan: Plan, relaxation, alphas):
   ``error``, not raised: the run's other results stay.
   """
   import jax
-  from jaxnas import derive
+  from jaxnas import ddarts, derive
   mixing = jax.device_get(relaxation(alphas, None))
   mixing = {k: np.asarray(v) for k, v in mixing.items()}
   try:
-    return derive.derive(plan.rule, mixing, plan.model.op_names), mixing, None
+    # DARTOpti (--init-genotype): the distinct cells' genotypes laid out over every position.
+    return ddarts.network_genotype(plan.model, derive.derive(plan.rule, mixing,
+                                                             plan.model.op_names)), mixing, None
   except JaxnasError as e:
     return None, mixing, str(e)
 

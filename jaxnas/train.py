@@ -121,12 +121,25 @@ def load_genotype(spec) -> derive.Genotype:
     try:
       return derive.Genotype.load(path)
     except JaxnasError as e:
+      if _is_per_cell(path):  # D-DARTS / DARTOpti: evalnet builds one normal + one reduce cell
+        raise JaxnasError(f"--genotype {spec} is a per-cell genotype (d-darts, dartopti); jaxnas "
+                          "train cannot build per-cell networks yet: train a genotype with one "
+                          "normal and one reduction cell") from None
       raise JaxnasError(f"--genotype {spec}: {e}") from None
   key = str(spec).upper().replace("-", "_")
   if key in genotypes.GENOTYPES:
     return genotypes.GENOTYPES[key]
   raise JaxnasError(f"--genotype {spec!r} is neither a file or run directory nor a published "
                     f"genotype; choose a genotype.json or one of: {', '.join(genotypes.NAMES)}")
+
+
+def _is_per_cell(path: pathlib.Path) -> bool:
+  """Whether ``path`` (a file or run directory) holds a :class:`jaxnas.ddarts.CellGenotype`."""
+  try:
+    fields = json.loads(derive._genotype_path(path).read_text())
+  except (OSError, ValueError):
+    return False
+  return isinstance(fields, dict) and fields.get("space") == "darts-cells"
 
 
 def _size_class(image_shape) -> str:

@@ -297,3 +297,108 @@ def test_dartopti_cli_three_steps(tmp_path):
   assert config["config"]["init_genotype"] == "resnet18"
   lines = (out / "metrics.jsonl").read_text().splitlines()
   assert len([ln for ln in lines if '"step"' in ln]) >= 1
+
+
+# ------------------------------------------------- derivation of any node count, whole network ---
+
+from jaxnas import cli, ddarts, derive  # noqa: E402
+from jaxnas.spaces.dartopti_ops import edge_index  # noqa: E402
+
+
+def test_nodes_of_edges_by_hand():
+  # s nodes have 2 + 3 + ... + (s + 1) edges: 2, 5, 9, 14, 20, 27
+  assert [ddarts.nodes_of_edges(e) for e in (2, 5, 9, 14, 20, 27)] == [1, 2, 3, 4, 5, 6]
+  with pytest.raises(JaxnasError) as e:
+    ddarts.nodes_of_edges(15)
+  assert "15 edge rows" in _one_line(e)
+
+
+def test_threshold_rules_read_a_six_node_cell_by_hand():
+  """27 rows; node state 7 owns rows 20..26 (from states 0..6). Row 23 (7 ← 3): op0 0.96, op2
+  0.95; row 26 (7 ← 6): op1 0.9; row 21 (7 ← 1): op0 0.8 (< 0.85); row 0 (2 ← 0): op2 0.86;
+  everything else 0.1. Sparse: node 2 keeps 2 ← 0 (op2), its second edge is 0.1; node 7's two
+  strongest edges are 23 (0.96) then 26 (0.9). Edge: row 23 keeps op0 and op2, row 26 op1."""
+  ops = ("a", "b", "c")
+  w = np.full((27, 3), 0.1)
+  w[23, 0], w[23, 2], w[26, 1], w[21, 0], w[0, 2] = 0.96, 0.95, 0.9, 0.8, 0.86
+  assert (edge_index(7, 0), edge_index(7, 3), edge_index(7, 6)) == (20, 23, 26)
+  sparse = derive.fairdarts_sparse({"normal": w, "reduce": w}, ops, num_nodes=6)
+  assert sparse.normal == (("c", 2, 0), ("a", 7, 3), ("b", 7, 6))
+  assert sparse.normal_concat == (4, 5, 6, 7)  # the last four states, as the search cell
+  edge = derive.fairdarts_edge({"normal": w, "reduce": w}, ops, num_nodes=6)
+  assert edge.normal == (("c", 2, 0), ("a", 7, 3), ("c", 7, 3), ("b", 7, 6))
+  with pytest.raises(JaxnasError) as e:  # 27 rows read as a 4-node cell
+    derive.fairdarts_sparse({"normal": w, "reduce": w}, ops)
+  assert "(14, 3)" in _one_line(e)
+
+
+def _sigmoid(a):
+  return 1.0 / (1.0 + np.exp(-np.asarray(a)))
+
+
+def test_resnet18_derives_the_whole_network():
+  """From its initial alphas (10 on the genotype, 0 elsewhere: σ = 0.99995 or 0.5) ddarts-sparse
+  gives the ResNet-18 cell back: node 3's two edges tie, so 3 ← 0 (skip) comes before 3 ← 2; the
+  one distinct cell fills all 4 positions, reductions 1, 2, 3."""
+  net = _resnet18_net()
+  w = {"cells": _sigmoid(genotype_alphas(handmade("resnet18")))}
+  cell = (("simple_conv_3x3", 2, 0), ("skip_connect", 3, 0), ("simple_conv_3x3", 3, 2),
+          ("simple_conv_3x3", 4, 3), ("skip_connect", 5, 3), ("simple_conv_3x3", 5, 4))
+  g = ddarts.network_genotype(net, derive.derive("ddarts-sparse", w, DARTOPTI_OPS))
+  assert g == ddarts.CellGenotype((cell,) * 4, (2, 3, 4, 5), (1, 2, 3))
+  assert ddarts.deepen(g, 4) == g  # Algorithm 1 with n = |C| leaves it as it is
+  with pytest.raises(JaxnasError) as e:  # reductions 1, 2, 3 are not |C|/3, 2|C|/3
+    ddarts.deepen(g, 8)
+  assert "--cells 4" in _one_line(e)
+
+
+def test_resnet50_derives_six_node_cells_at_their_positions():
+  """ResNet-50's 3 distinct 6-node cells (27 rows); ddarts-edge keeps both ops of a (bottleneck +
+  skip) edge, the earlier of S_o first (skip_connect is op 4, bottleneck op 11); ddarts-sparse
+  keeps one op per edge (the tie goes to skip). Positions take cells 0 1 2 0."""
+  net = DartsSearchNetwork(num_cells=4, op_set="dartopti", cell_sharing="none",
+                           init_genotype="resnet50")
+  w = {"cells": _sigmoid(genotype_alphas(handmade("resnet50")))}
+  block = lambda to: (("skip_connect", to, to - 1 if to > 2 else 0),
+                      ("bottleneck_1x3x1", to, to - 1 if to > 2 else 0))
+  cells = [sum((block(to) for to in range(2, last + 1)), ()) for last in (4, 5, 7)]
+  g = ddarts.network_genotype(net, derive.derive("ddarts-edge", w, DARTOPTI_OPS))
+  assert g == ddarts.CellGenotype([cells[0], cells[1], cells[2], cells[0]], (4, 5, 6, 7),
+                                  (1, 2, 3))
+  sparse = ddarts.network_genotype(net, derive.derive("ddarts-sparse", w, DARTOPTI_OPS))
+  assert sparse.cells[2] == tuple(("skip_connect", to, to - 1 if to > 2 else 0)
+                                  for to in range(2, 8))
+  assert run.check_derivation(net, methods.get("dartopti")) == "ddarts-sparse"  # no longer refused
+
+
+def _dartopti_run(tmp_path, name, alphas):
+  out = tmp_path / name
+  out.mkdir()
+  (out / "config.json").write_text(json.dumps({
+      "config": {"space": "darts"},
+      "space_config": {"num_cells": 4, "cell_sharing": "none", "init_genotype": name},
+      "recipe": {"name": "dartopti", "description": "", "relaxation": "sigmoid",
+                 "derivation": "ddarts-sparse",
+                 "space_options": [["cell_sharing", "none"], ["op_set", "dartopti"]]}}))
+  np.savez(out / "alphas.npz", cells=alphas)
+  return out
+
+
+def test_derive_and_train_a_dartopti_run_from_the_command_line(tmp_path, capsys):
+  out = _dartopti_run(tmp_path, "resnet18", genotype_alphas(handmade("resnet18")))
+  assert cli.main(["derive", str(out)]) == 0
+  g = ddarts.CellGenotype.load(out / "genotype.json")
+  assert len(g.cells) == 4 and len(set(g.cells)) == 1 and g.reductions == (1, 2, 3)
+  assert cli.main(["derive", str(out), "--cells", "4"]) == 0
+  assert ddarts.CellGenotype.load(out / "genotype-4cells.json") == g
+  capsys.readouterr()
+  assert cli.main(["derive", str(out), "--cells", "8"]) == 2
+  err = capsys.readouterr().err
+  assert "reduces at [1, 2, 3]" in err and err.count("\n") == 1
+  assert cli.main(["train", "--genotype", str(out), "--out", str(tmp_path / "t")]) == 2
+  err = capsys.readouterr().err
+  assert "per-cell genotype" in err and err.count("\n") == 1
+  r50 = _dartopti_run(tmp_path, "resnet50", genotype_alphas(handmade("resnet50")))
+  assert cli.main(["derive", str(r50), "--rule", "ddarts-edge"]) == 0
+  g50 = ddarts.CellGenotype.load(r50 / "genotype-ddarts-edge.json")
+  assert g50.cells[0] == g50.cells[3] != g50.cells[1] and g50.concat == (4, 5, 6, 7)

@@ -140,10 +140,12 @@ def test_nb201_argmax_by_hand_keeps_none_and_breaks_ties_low():
 
 def test_rules_registry():
   assert set(dv.RULES) == {"darts-top2", "nb201-argmax", "fairdarts-sparse", "fairdarts-edge",
-                           "darts-plus-skip-limit", "pr-darts-top2"}
+                           "darts-plus-skip-limit", "pr-darts-top2", "pc-darts-top2",
+                           "ddarts-sparse", "ddarts-edge"}
   with pytest.raises(JaxnasError, match=r"^unknown derivation rule 'top3'; choose one of: "
-                     r"darts-plus-skip-limit, darts-top2, fairdarts-edge, fairdarts-sparse, "
-                     r"nb201-argmax, pr-darts-top2$"):
+                     r"darts-plus-skip-limit, darts-top2, ddarts-edge, ddarts-sparse, "
+                     r"fairdarts-edge, fairdarts-sparse, nb201-argmax, pc-darts-top2, "
+                     r"pr-darts-top2$"):
     dv.derive("top3", {"cell": _nb201_weights()})
 
 
