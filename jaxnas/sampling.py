@@ -302,8 +302,16 @@ def dirichlet(alphas, key=None, *, op_names=None, progress=None, exclude=("none"
   ``prune_to=k`` keeps, once ``progress ≥ prune_at``, only the ``k`` largest alphas of each edge
   (masked and renormalised, as ``utils.py:prune``). The reference fixes that mask once at the stage
   boundary; jaxnas recomputes it from the current alphas at every step (the pruned logits get no
-  loss gradient, so the mask moves only if weight decay reorders them). Not implemented: the
-  partial-channel widths, the second stage's warm-up and the network rebuilt between stages.
+  loss gradient, so the mask moves only if weight decay reorders them). Partial channels: the
+  DARTS space's ``partial_channels=K`` option (PC-DARTS' edges) composes with this relaxation at
+  one fixed K for the whole search, from Python:
+  ``methods.get("drnas").replace(space_options=(("partial_channels", 4),))`` (the recipe does not
+  set it, so that it also runs on NAS-Bench-201, which has no such option). Not implemented, and
+  why: the stage rebuild (K 6 → 4 changes every op's parameter shapes, so stage 2 is a network of
+  other shapes, with a step compiled anew, not a schedule inside one compiled step; how the
+  reference carries the weights across was not verified), and with it the arch warm-up counted
+  from each stage's start (stage-local epoch 10); a run can approximate it by hand as two searches,
+  the second starting from the first's alphas.
 
   ``key=None`` gives ``softmax(alphas)`` over the kept operations: the reference derives its
   genotype from softmax(α), not from the Dirichlet mean.

@@ -196,7 +196,7 @@ def test_the_search_step_applies_the_hook_after_the_arch_update(hook):
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.normal(size=(4, 2, 2, 1))), "label": jnp.asarray([0, 1, 2, 0])}
   old = np.asarray(state.alphas["normal"])
-  new_state, _ = search.make_search_step(model, recipe, steps_per_epoch=1, epochs=1, jit=False)(
+  new_state, _ = search.make_search_step(model, recipe, steps_per_epoch=1, epochs=1)(
       state, batch, batch)
   new = np.asarray(new_state.alphas["normal"])
   changed = np.abs(new - old) > 1e-9

@@ -191,44 +191,72 @@ class SampledEdgeGroup(nn.Module):
   def __call__(self, x, weights, inactive=None, *, train: bool):
     e, c, s = self.num_edges, self.channels, self.stride
     params = self._declare(x.shape[-1])
-    stores = {name: _Stats(x.shape[-1], self.dtype, name=name) for name in SHARED_BN}
-    stores.update({name: _Stats(e * c, self.dtype, name=name) for name in _edge_bn_names(s)})
-    full = {name: store.get() for name, store in stores.items()}
+    edge_names = _edge_bn_names(s)
+    shared = [_Stats(x.shape[-1], self.dtype, name=name) for name in SHARED_BN]
+    per_edge = [_Stats(e * c, self.dtype, name=name) for name in edge_names]
+    # Small stacked blocks: the pools' (2, 2, Cin) and, per edge, (n, 2, C) (mean, var) rows.
+    pool_st = jnp.stack([jnp.stack(store.get()) for store in shared])
+    edge_st = jnp.stack([jnp.stack(store.get()).reshape(2, e, c) for store in per_edge], axis=2)
     wt = weights.astype(self.dtype)
-    branches = [
-        (lambda i: lambda xx, p, st: darts_op(i, xx, p, st, stride=s, train=train,
-                                              depthwise=self.depthwise))(i)
-        for i in range(len(DARTS_OPS))]
-    sl = lambda v, j: jax.lax.dynamic_slice_in_dim(v, j * c, c)
-    outs = []
+    edge_op = _edge_op_fn(s, train, self.depthwise, edge_names)
+    outs, new_edge = [], []
     for j in range(e):
       p_j = {name: value[j] for name, value in params.items()}
-
-      def run(index, full):
-        st = {name: (full[name] if name in SHARED_BN
-                     else (sl(full[name][0], j), sl(full[name][1], j))) for name in full}
-        y, st = jax.lax.switch(index, branches, x, p_j, st)
-        new = {}
-        for name, (m, v) in st.items():
-          if name in SHARED_BN:
-            new[name] = (m, v)
-          else:
-            new[name] = (jax.lax.dynamic_update_slice_in_dim(full[name][0], m, j * c, 0),
-                         jax.lax.dynamic_update_slice_in_dim(full[name][1], v, j * c, 0))
-        return y, new
-
+      st_j = edge_st[:, j]
       i = jnp.argmax(jax.lax.stop_gradient(wt[j]))
-      y, full = run(i, full)
+      y, pool_st, st_j = edge_op(i, x, p_j, pool_st, st_j)
       if inactive is None:
         outs.append((1 + (wt[j, i] - jax.lax.stop_gradient(wt[j, i]))) * y)
       else:
         b = jnp.argmax(inactive[j])
-        y_b, full = run(b, full)
+        y_b, pool_st, st_j = edge_op(b, x, p_j, pool_st, st_j)
         outs.append(wt[j, i] * y + wt[j, b] * y_b)
+      new_edge.append(st_j)
     if train and not self.is_initializing():
-      for name, store in stores.items():
-        store.put(*full[name])
+      for k, store in enumerate(shared):
+        store.put(pool_st[k, 0], pool_st[k, 1])
+      new_edge = jnp.stack(new_edge, axis=1)  # (2, E, n, C)
+      for k, store in enumerate(per_edge):
+        store.put(new_edge[0, :, k].reshape(e * c), new_edge[1, :, k].reshape(e * c))
     return jnp.stack(outs, axis=-2)
+
+
+def _edge_op_fn(stride: int, train: bool, depthwise: str, edge_names):
+  r"""``edge_op(i, x, p, pool_st, edge_st) -> (o_i(x), pool_st', edge_st')``: one edge's sampled op.
+
+  One ``lax.switch`` over the eight DARTS operations. Only small arrays cross it besides ``x`` and
+  the edge's parameters: the pools' statistics ``(2, 2, Cin)`` and the edge's own ``(2, n, C)``
+  (mean and var of its ``n`` batch norms); each branch rewrites only its own rows.
+
+  Not rematerialised: JAX linearises a ``cond`` by giving every branch the union of all branches'
+  residuals, but merged by shape (``_merge_branch_residuals``: one buffer per shape, as many as
+  the branch needing most) and left unfilled, so it costs little; wrapping the switch in
+  ``jax.checkpoint`` was measured (experiments/RESULTS.md) to add flops and save no memory.
+  """
+  names = list(SHARED_BN) + list(edge_names)
+
+  def branch(index):
+    def run(x, p, pool_st, edge_st):
+      stats = {name: (pool_st[k, 0], pool_st[k, 1]) for k, name in enumerate(SHARED_BN)}
+      stats.update({name: (edge_st[0, k], edge_st[1, k]) for k, name in enumerate(edge_names)})
+      y, new = darts_op(index, x, p, stats, stride=stride, train=train, depthwise=depthwise)
+      moved = [name for name in names if new[name] is not stats[name]]
+      for name in moved:
+        m, v = new[name]
+        if name in SHARED_BN:
+          pool_st = pool_st.at[SHARED_BN.index(name)].set(jnp.stack([m, v]))
+        else:
+          k = edge_names.index(name)
+          edge_st = edge_st.at[:, k].set(jnp.stack([m, v]))
+      return y, pool_st, edge_st
+    return run
+
+  branches = [branch(index) for index in range(len(DARTS_OPS))]
+
+  def edge_op(i, x, p, pool_st, edge_st):
+    return jax.lax.switch(i, branches, x, p, pool_st, edge_st)
+
+  return edge_op
 
 
 class SampledDartsCell(nn.Module):
