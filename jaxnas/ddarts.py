@@ -43,13 +43,15 @@ import numpy as np
 from jaxnas import derive, relax
 from jaxnas.errors import JaxnasError, unknown_name
 
-__all__ = ["DEACTIVATIONS", "DEFAULT_DEACTIVATION", "CellGenotype", "zero_one_per_cell",
+__all__ = ["DEACTIVATIONS", "DEFAULT_DEACTIVATION", "ABLATED_POSITIONS", "CellGenotype", "zero_one_per_cell",
            "deactivated_mixing", "marginal_contributions", "ablation_terms", "ablation_gradient",
            "ablation_loss", "ABLATION_REGULARIZERS", "derive_cells", "reduction_cells",
            "algorithm1_indices", "code_indices", "deepen", "nodes_of_edges", "place_cells",
            "network_genotype"]
 
 DEACTIVATIONS = ("random", "zero", "identity")
+# Which positions of a distinct cell an ablation switches off (only differs with init_genotype).
+ABLATED_POSITIONS = ("all", "first")
 # The authors' choice, and the only one that is defined for every cell (see deactivated_mixing).
 DEFAULT_DEACTIVATION = "random"
 _CELLS = "cells"
@@ -112,12 +114,15 @@ def zero_one_per_cell(alphas, *, op_names=None, exclude=None) -> jax.Array:
 # --- marginal contributions -----------------------------------------------------------------------
 
 
-def _check_mode(deactivate: str) -> None:
+def _check_mode(deactivate: str, positions: str = "all") -> None:
   if deactivate not in DEACTIVATIONS:
     raise unknown_name("cell deactivation", deactivate, DEACTIVATIONS)
+  if positions not in ABLATED_POSITIONS:
+    raise unknown_name("ablated positions", positions, ABLATED_POSITIONS)
 
 
-def deactivated_mixing(mixing, key, *, deactivate: str = DEFAULT_DEACTIVATION):
+def deactivated_mixing(mixing, key, *, deactivate: str = DEFAULT_DEACTIVATION,
+                       positions: str = "all"):
   r"""The ``n + 1`` configurations of D-DARTS' ablation as one stack of mixing weights.
 
   Configuration 0 is the whole network ``C``; configuration ``i + 1`` is ``C \ {C_i}``, cell
@@ -139,22 +144,42 @@ def deactivated_mixing(mixing, key, *, deactivate: str = DEFAULT_DEACTIVATION):
     (``gates[i] = 0``; see :class:`jaxnas.spaces.DartsSearchNetwork`). Where the shapes differ
     (the first cell, reduction cells) no identity exists and the cell outputs 0, as ``"zero"``.
 
-  In every mode configuration ``i + 1`` does not depend on cell ``i``'s alphas, which
-  :func:`ablation_gradient` relies on.
+  With ``positions="all"`` (default) configuration ``i + 1`` does not depend on cell ``i``'s
+  alphas, which :func:`ablation_gradient`'s two-product formula relies on.
+
+  Which positions (DARTOpti, ``init_genotype``: row ``i`` is a *distinct* cell that several
+  positions of the network share):
+
+  - ``"all"`` (default): row ``i`` is switched off at every position that uses it, so ``M_i`` is
+    what the distinct cell contributes to the whole network. A departure from the authors' code,
+    chosen because the alphas being judged are those of every position.
+  - ``"first"``: only the first position that uses row ``i`` is switched off, as the authors'
+    code (a repeated cell reads the ``cell_dict`` entry of its first occurrence, and
+    ``compute_marginal_contributions`` deactivates that first module only); the other positions
+    keep the learned row. The stack then carries the deactivated rows as ``"first_cells"`` (or the
+    gates as ``"first_gates"``) next to the untouched ``"cells"``; the darts supernet reads them
+    at each row's first position only. Without ``init_genotype`` every position is the first of
+    its row, and both readings are the same function.
 
   Args:
     mixing: ``{"cells": (n, E, K)}`` mixing weights.
     key: PRNG key for ``"random"`` (unused otherwise).
     deactivate: ``"random"``, ``"zero"`` or ``"identity"``.
+    positions: ``"all"`` or ``"first"``.
 
   Returns:
     The stacked mixing weights.
   """
-  _check_mode(deactivate)
+  _check_mode(deactivate, positions)
   w = _cells_leaf(mixing, "deactivated_mixing")
   n = w.shape[0]
   off = jnp.concatenate([jnp.zeros((1, n), bool), jnp.eye(n, dtype=bool)])  # (n + 1, n)
   stack = jnp.broadcast_to(w, (n + 1,) + w.shape)
+  if positions == "first":
+    out = deactivated_mixing(mixing, key, deactivate=deactivate)
+    if deactivate == "identity":
+      return {_CELLS: stack, "first_gates": out["gates"]}
+    return {_CELLS: stack, "first_cells": out[_CELLS]}
   if deactivate == "random":
     if key is None:
       raise JaxnasError("deactivated_mixing with deactivate='random' needs a PRNG key")
@@ -166,7 +191,7 @@ def deactivated_mixing(mixing, key, *, deactivate: str = DEFAULT_DEACTIVATION):
 
 
 def marginal_contributions(mixing_loss: Callable, w, mixing, batch, key, *,
-                           deactivate: str = DEFAULT_DEACTIVATION):
+                           deactivate: str = DEFAULT_DEACTIVATION, positions: str = "all"):
   r"""Every cell's marginal contribution in one vmapped pass (D-DARTS, §3.3, eq. 4).
 
   .. math:: M_i = \mathcal L_{CE}(C) - \mathcal L_{CE}(C \setminus \{C_i\}), \quad i = 1..n
@@ -185,13 +210,13 @@ def marginal_contributions(mixing_loss: Callable, w, mixing, batch, key, *,
     mixing: ``{"cells": (n, E, K)}`` mixing weights of the whole network.
     batch: the batch (the val batch, as the reference).
     key: PRNG key: ``fold_in(key, 1)`` draws the random weights, ``key`` goes to the loss.
-    deactivate: see :func:`deactivated_mixing`.
+    deactivate, positions: see :func:`deactivated_mixing`.
 
   Returns:
     ``(M, losses)``: shape ``(n,)`` and ``(n + 1,)``, ``losses[0] = L_CE(C)``.
   """
   k_random = None if key is None else jax.random.fold_in(key, 1)
-  stack = deactivated_mixing(mixing, k_random, deactivate=deactivate)
+  stack = deactivated_mixing(mixing, k_random, deactivate=deactivate, positions=positions)
   losses = jax.vmap(lambda m: mixing_loss(w, m, batch, key)[0])(stack)
   return losses[0] - losses[1:], losses
 
@@ -212,7 +237,7 @@ def ablation_terms(contributions) -> jax.Array:
 
 
 def ablation_gradient(mixing_loss: Callable, relaxation: Callable, w, alphas, batch, key, *,
-                      deactivate: str = DEFAULT_DEACTIVATION):
+                      deactivate: str = DEFAULT_DEACTIVATION, positions: str = "all"):
   r"""Each cell's ablation loss and its gradient in that cell's own alphas.
 
   In D-DARTS every cell minimises its own objective, so cell ``c``'s alphas get
@@ -230,12 +255,20 @@ def ablation_gradient(mixing_loss: Callable, relaxation: Callable, w, alphas, ba
   one vmapped pass give every cell's gradient (a Jacobian's ``n`` diagonal blocks would need ``n``);
   zero where :math:`\bar M = 0`.
 
+  With ``positions="first"`` configuration ``c`` still reads :math:`\alpha_c` at the distinct
+  cell's other positions, so :math:`\nabla_{\alpha_c} M_c = G_c - H_{c,c}` with
+  :math:`H_c = \nabla_\alpha \mathcal L_c`: ``n + 2`` products (rows ``e_0, e_1 .. e_n`` and
+  the mean) give every :math:`H_{c,c}`, and
+
+  .. math:: \nabla_{\alpha_c} \mathcal L_{AB}^c
+     = -\frac{G_c - H_{c,c}}{\bar M} + \frac{M_c (G_c - S_c)}{\bar M^2}.
+
   Args:
     mixing_loss: ``loss(w, mixing, batch, key) -> (scalar, aux)``.
     relaxation: ``fn(alphas, key) -> mixing`` (the recipe's, e.g. sigmoid without none).
     w: network weights.
     alphas: ``{"cells": (n, E, K)}``.
-    batch, key, deactivate: as :func:`marginal_contributions` (``key`` also goes to
+    batch, key, deactivate, positions: as :func:`marginal_contributions` (``key`` also goes to
       ``relaxation``).
 
   Returns:
@@ -246,21 +279,30 @@ def ablation_gradient(mixing_loss: Callable, relaxation: Callable, w, alphas, ba
 
   def losses_of(a):
     return marginal_contributions(mixing_loss, w, relaxation(a, key), batch, key,
-                                  deactivate=deactivate)[1]
+                                  deactivate=deactivate, positions=positions)[1]
 
   losses, vjp = jax.vjp(losses_of, alphas)
   n = losses.shape[0] - 1
-  cot = jnp.zeros((2, n + 1), losses.dtype).at[0, 0].set(1.0).at[1, 1:].set(1.0 / n)
+  if positions == "first":  # rows e_0, e_1 .. e_n, then the mean of e_1 .. e_n
+    cot = jnp.concatenate([jnp.eye(n + 1, dtype=losses.dtype),
+                           jnp.zeros((1, n + 1), losses.dtype).at[0, 1:].set(1.0 / n)])
+  else:
+    cot = jnp.zeros((2, n + 1), losses.dtype).at[0, 0].set(1.0).at[1, 1:].set(1.0 / n)
   (grads,) = jax.vmap(vjp)(cot)
   contributions = losses[0] - losses[1:]
   m = jnp.mean(contributions)
   safe = jnp.where(m == 0, jnp.ones_like(m), m)
   coef_g = jnp.where(m == 0, 0.0, contributions / safe ** 2 - 1.0 / safe)
   coef_s = jnp.where(m == 0, 0.0, -contributions / safe ** 2)
+  coef_h = jnp.where(m == 0, 0.0, 1.0 / safe) * jnp.ones_like(contributions)
 
   def combine(g):
     shape = (n,) + (1,) * (g.ndim - 2)
-    return coef_g.reshape(shape).astype(g.dtype) * g[0] + coef_s.reshape(shape).astype(g.dtype) * g[1]
+    c = lambda coef: coef.reshape(shape).astype(g.dtype)
+    if positions == "first":  # g[0] = G, g[1 + c][c] = H_cc, g[-1] = S
+      own = g[1 + jnp.arange(n), jnp.arange(n)]
+      return c(coef_g) * g[0] + c(coef_s) * g[-1] + c(coef_h) * own
+    return c(coef_g) * g[0] + c(coef_s) * g[1]
 
   grad = {k: combine(v) if k == _CELLS else jnp.zeros_like(v[0]) for k, v in grads.items()}
   return ablation_terms(contributions), contributions, grad
@@ -268,7 +310,7 @@ def ablation_gradient(mixing_loss: Callable, relaxation: Callable, w, alphas, ba
 
 def ablation_loss(train_loss, val_loss, w, alphas, train_batch, val_batch, key, *,
                   mixing_loss=None, relaxation=None, deactivate: str = DEFAULT_DEACTIVATION,
-                  differentiable: bool = False) -> jax.Array:
+                  differentiable: bool = False, positions: str = "all") -> jax.Array:
   r"""D-DARTS' ablation loss as a loss-based regulariser of the search step.
 
   The search adds :math:`w_{AB}` times this term's gradient to the architecture gradient
@@ -282,6 +324,9 @@ def ablation_loss(train_loss, val_loss, w, alphas, train_batch, val_batch, key, 
   - ``differentiable=True`` (``ddarts-ablation-grad``): each cell's alphas get
     :math:`\nabla_{\alpha_c} \mathcal L_{AB}^c` (:func:`ablation_gradient`), what the paper's
     loss would do if it were differentiated.
+
+  ``positions`` (``"all"``, or ``"first"`` for the ``-first`` names, the authors' reading) says
+  which positions of a DARTOpti distinct cell are switched off (:func:`deactivated_mixing`).
 
   The returned scalar's value is :math:`\frac1n \sum_c |\mathcal L_{AB}^c|` (the logged
   ``reg/<name>``; the plain sum is identically 0) and its gradient in ``alphas`` is the per-cell
@@ -299,10 +344,10 @@ def ablation_loss(train_loss, val_loss, w, alphas, train_batch, val_batch, key, 
   fixed = jax.lax.stop_gradient(alphas)
   if differentiable:
     terms, _, grad = ablation_gradient(mixing_loss, relaxation, w, fixed, val_batch, key,
-                                       deactivate=deactivate)
+                                       deactivate=deactivate, positions=positions)
   else:
     contributions, _ = marginal_contributions(mixing_loss, w, relaxation(fixed, key), val_batch,
-                                              key, deactivate=deactivate)
+                                              key, deactivate=deactivate, positions=positions)
     terms, grad = ablation_terms(contributions), jax.tree.map(jnp.zeros_like, fixed)
   value = jax.lax.stop_gradient(jnp.mean(jnp.abs(terms)))
   linear = sum(jnp.sum(jax.lax.stop_gradient(g) * (a - jax.lax.stop_gradient(a)))
@@ -310,23 +355,24 @@ def ablation_loss(train_loss, val_loss, w, alphas, train_batch, val_batch, key, 
   return value + linear.astype(value.dtype)
 
 
-def _ablation_variant(deactivate: str, differentiable: bool):
+def _ablation_variant(deactivate: str, differentiable: bool, positions: str = "all"):
   def fn(train_loss, val_loss, w, alphas, train_batch, val_batch, key, *, mixing_loss=None,
          relaxation=None):
     return ablation_loss(train_loss, val_loss, w, alphas, train_batch, val_batch, key,
                          mixing_loss=mixing_loss, relaxation=relaxation, deactivate=deactivate,
-                         differentiable=differentiable)
+                         differentiable=differentiable, positions=positions)
   kind = "differentiable" if differentiable else "constant, as the authors' code"
-  fn.__doc__ = (f"D-DARTS' ablation loss, deactivation {deactivate!r}, {kind}; see "
-                ":func:`ablation_loss`.")
+  fn.__doc__ = (f"D-DARTS' ablation loss, deactivation {deactivate!r}, {kind}, positions "
+                f"{positions!r}; see :func:`ablation_loss`.")
   return fn
 
 
-# Loss-based regularisers, registered in jaxnas.regularize.LOSS_REGULARIZERS.
+# Loss-based regularisers, registered in jaxnas.regularize.LOSS_REGULARIZERS. The "-first" names
+# switch off only a distinct cell's first position (the authors' reading; see deactivated_mixing).
 ABLATION_REGULARIZERS = {
-    "ddarts-ablation" + ("-grad" if grad else "") + ("" if mode == "random" else f"-{mode}"):
-        _ablation_variant(mode, grad)
-    for grad in (False, True) for mode in DEACTIVATIONS
+    "ddarts-ablation" + ("-grad" if grad else "") + ("" if mode == "random" else f"-{mode}")
+    + ("" if where == "all" else f"-{where}"): _ablation_variant(mode, grad, where)
+    for where in ABLATED_POSITIONS for grad in (False, True) for mode in DEACTIVATIONS
 }
 
 

@@ -302,6 +302,16 @@ def test_vmapped_marginal_contributions_equal_separate_forwards(supernet):
                                float(one({"cells": mixing["cells"].at[i].set(0.0)})), rtol=1e-12)
 
 
+def test_supernet_reads_first_cells_and_first_gates_at_first_positions(supernet):
+  """Without init_genotype every position is its row's first: "first_cells" replaces "cells"
+  everywhere, and "first_gates" of 1 change nothing (one more compile)."""
+  model, alphas, _, _, _, _, one = supernet
+  mixing = relax.sigmoid(alphas, op_names=model.op_names)
+  other = {"cells": mixing["cells"] * 0.5, "first_cells": mixing["cells"],
+           "first_gates": jnp.ones(N_CELLS)}
+  np.testing.assert_allclose(float(one(other)), float(one(mixing)), rtol=1e-12)
+
+
 # --- recipes and the command line -----------------------------------------------------------------
 
 
@@ -399,3 +409,85 @@ def test_resnet18_alphas_by_hand():
   assert [int((c == 10).sum()) for c in r50] == [6, 8, 12]
   with pytest.raises(JaxnasError, match="unknown hand-made network 'vgg'"):
     do.handmade("vgg")
+
+
+# --- the authors' reading: only a distinct cell's first position is switched off ------------------
+# A toy network of 5 positions over 3 alpha rows (seq 0 1 0 2 1, as a DARTOpti network shares rows
+# between positions); first positions are 0, 1 and 3.
+
+SEQ = (0, 1, 0, 2, 1)
+FIRST = (True, True, False, True, False)
+G = 3
+
+
+def _seq_setup():
+  rng = np.random.default_rng(2)
+  w = {"A": jnp.asarray(rng.standard_normal((len(SEQ), TOY_E, TOY_K, TOY_D, TOY_D)) / 2),
+       "R": jnp.asarray(rng.standard_normal((TOY_D, 3)))}
+  batch = {"x": jnp.asarray(rng.standard_normal((6, TOY_D))),
+           "y": jnp.asarray(rng.integers(0, 3, 6))}
+  return w, batch, {"cells": jnp.asarray(rng.standard_normal((G, TOY_E, TOY_K)))}
+
+
+def _seq_loss(w, mixing, batch, key):
+  """Position p mixes with row SEQ[p] ("first_cells"' row at a first position, if given)."""
+  del key
+  x = batch["x"]
+  for p, r in enumerate(SEQ):
+    rows = mixing["first_cells"] if FIRST[p] and "first_cells" in mixing else mixing["cells"]
+    h = jnp.tanh(jnp.einsum("ek,ekij,bj->bi", rows[r], w["A"][p], x))
+    for name in ("gates",) + (("first_gates",) if FIRST[p] else ()):
+      if name in mixing:
+        h = mixing[name][r] * h + (1 - mixing[name][r]) * x
+    x = h
+  return optax.softmax_cross_entropy_with_integer_labels(x @ w["R"], batch["y"]).mean(), {}
+
+
+@pytest.mark.parametrize("mode", ["zero", "identity", "random"])
+def test_first_position_ablation_equals_separate_forwards(mode):
+  """M_i by hand: position FIRST-of-row-i alone gets zero weights / random weights / gate 0; the
+  row's later positions (2 for row 0, 4 for row 1) keep the learned weights."""
+  w, batch, alphas = _seq_setup()
+  key = jax.random.key(4)
+  mixing = _toy_relax(alphas, None)
+  mc, losses = ddarts.marginal_contributions(_seq_loss, w, mixing, batch, key, deactivate=mode,
+                                             positions="first")
+  mc_all, _ = ddarts.marginal_contributions(_seq_loss, w, mixing, batch, key, deactivate=mode)
+  full = float(_seq_loss(w, mixing, batch, None)[0])
+  noise = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (G + 1, G, TOY_E, TOY_K),
+                                        jnp.float64))
+  for i in range(G):
+    first = np.array(mixing["cells"])
+    m = {"cells": mixing["cells"]}
+    if mode == "identity":
+      m["first_gates"] = jnp.asarray(np.where(np.arange(G) == i, 0.0, 1.0))
+    else:
+      first[i] = 0.0 if mode == "zero" else noise[i + 1, i]
+      m["first_cells"] = jnp.asarray(first)
+    without = float(_seq_loss(w, m, batch, None)[0])
+    np.testing.assert_allclose(mc[i], full - without, rtol=1e-12)
+  np.testing.assert_allclose(losses[0], full, rtol=1e-13)
+  if mode != "zero":  # (a zero position zeroes all that follows in this toy: the same M)
+    assert not np.allclose(mc[:2], mc_all[:2])  # rows 0 and 1 have a second position: they differ
+  np.testing.assert_allclose(mc[2], mc_all[2], rtol=1e-12)  # row 2 has one position only
+
+
+@pytest.mark.parametrize("mode", ["random"])
+def test_first_position_ablation_gradient_is_the_jacobians_own_blocks(mode):
+  w, batch, alphas = _seq_setup()
+  key = jax.random.key(6)
+
+  def terms(c):
+    mc, _ = ddarts.marginal_contributions(_seq_loss, w, _toy_relax({"cells": c}, key), batch, key,
+                                          deactivate=mode, positions="first")
+    return ddarts.ablation_terms(mc)
+
+  jac = jax.jacrev(terms)(alphas["cells"])  # (G, G, E, K)
+  _, _, grad = ddarts.ablation_gradient(_seq_loss, _toy_relax, w, alphas, batch, key,
+                                        deactivate=mode, positions="first")
+  np.testing.assert_allclose(grad["cells"], np.stack([jac[c, c] for c in range(G)]), rtol=1e-9,
+                             atol=1e-12)
+  _, _, grad_all = ddarts.ablation_gradient(_seq_loss, _toy_relax, w, alphas, batch, key,
+                                            deactivate=mode)
+  assert not np.allclose(grad_all["cells"], grad["cells"])  # the two-product formula would be off
+  assert "ddarts-ablation-grad-zero-first" in regularize.LOSS_REGULARIZERS

@@ -321,13 +321,18 @@ class DartsSearchNetwork(nn.Module):
       ``init_alphas`` gives 10 on the genotype's (edge, op) entries and 0 elsewhere
       (:func:`jaxnas.spaces.dartopti_ops.genotype_alphas`). ``"gates"`` then has one entry per
       distinct cell, applied at each of its positions (the authors deactivate only a distinct
-      cell's first position when they measure its marginal contribution).
+      cell's first position when they measure its marginal contribution: ``"first_gates"`` and
+      ``"first_cells"`` below do that).
 
   ``weights`` is the output of a relaxation. It may also carry ``"gates"``, shape ``(L,)``, values
   in [0, 1] (used by D-DARTS' ablations, :func:`jaxnas.ddarts.deactivated_mixing`): cell ``i``'s
   output becomes ``g_i · cell_i(s0, s1) + (1 − g_i) · s1`` where its input ``s1`` has the output's
   shape, and ``g_i · cell_i(s0, s1)`` elsewhere (the first cell, reduction cells), i.e. gate 0
-  bypasses a cell where it can and zeroes it otherwise.
+  bypasses a cell where it can and zeroes it otherwise. ``"first_gates"`` (rows,) are gates
+  applied only at the first position of each alpha row, and ``"first_cells"`` (the shape of
+  ``"cells"``) are the mixing weights that position reads instead of ``"cells"``: D-DARTS'
+  ablation in the authors' reading (:func:`jaxnas.ddarts.deactivated_mixing`,
+  ``positions="first"``). Without ``init_genotype`` every position is its row's first.
 
   Why one stacked ``(L, 14, 8)`` array for ``cell_sharing="none"`` rather than a tuple of L
   arrays: relaxations, regularisers and optax act on the last axis / elementwise, so they need no
@@ -417,12 +422,20 @@ class DartsSearchNetwork(nn.Module):
                         "cell type, DARTS) or 'none' (one per cell, D-DARTS)")
     steps, reductions, seq, rows = self._structure()
     gates = weights.get("gates") if isinstance(weights, dict) else None
-    if gates is not None:  # one gate per alpha row (per distinct cell with init_genotype)
-      weights = {k: v for k, v in weights.items() if k != "gates"}
-      if tuple(jnp.shape(gates)) != (rows,):
-        raise JaxnasError(f"weights['gates'] has shape {tuple(jnp.shape(gates))} but the network "
+    # D-DARTS' ablation in the authors' reading: a row's first position only (jaxnas.ddarts).
+    first_gates = weights.get("first_gates") if isinstance(weights, dict) else None
+    first_cells = weights.get("first_cells") if isinstance(weights, dict) else None
+    for name, g in (("gates", gates), ("first_gates", first_gates)):
+      if g is not None and tuple(jnp.shape(g)) != (rows,):  # one gate per alpha row
+        raise JaxnasError(f"weights['{name}'] has shape {tuple(jnp.shape(g))} but the network "
                           f"has {rows} cells; pass one gate per cell")
+    if isinstance(weights, dict):
+      weights = {k: v for k, v in weights.items()
+                 if k not in ("gates", "first_gates", "first_cells")}
     check_weights(weights, self.alpha_shapes(), "darts")
+    if first_cells is not None and jnp.shape(first_cells) != jnp.shape(weights.get("cells")):
+      raise JaxnasError(f"weights['first_cells'] has shape {tuple(jnp.shape(first_cells))}; it "
+                        "must have the shape of weights['cells']")
     check_partial_channels(self.channels, self.num_cells, self.partial_channels)
     if self.remat not in REMAT_MODES:
       raise JaxnasError(f"remat is {self.remat!r}; choose one of {', '.join(REMAT_MODES)}")
@@ -443,8 +456,10 @@ class DartsSearchNetwork(nn.Module):
       reduction = i in reductions
       if reduction:
         c_curr *= 2
+      first = seq.index(seq[i]) == i  # the first position of its alpha row
       if self.cell_sharing == "none":
-        w = weights["cells"][seq[i]].astype(self.dtype)
+        w = (first_cells if first and first_cells is not None else weights["cells"])[seq[i]]
+        w = w.astype(self.dtype)
       else:
         w = weights["reduce" if reduction else "normal"].astype(self.dtype)
       cell = cell_cls(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
@@ -454,9 +469,10 @@ class DartsSearchNetwork(nn.Module):
       if self.edge_normalization:
         edge_w = weights["reduce_edges" if reduction else "normal_edges"].astype(self.dtype)
       out = cell(s0, s1, w, train, edge_w)
-      if gates is not None:
-        g = gates[seq[i]].astype(self.dtype)
-        out = g * out + (1 - g) * s1 if out.shape == s1.shape else g * out
+      for g in (gates, first_gates if first else None):
+        if g is not None:
+          g = g[seq[i]].astype(self.dtype)
+          out = g * out + (1 - g) * s1 if out.shape == s1.shape else g * out
       s0, s1 = s1, out
       reduction_prev = reduction
     x = jnp.mean(s1, axis=(1, 2))
