@@ -53,6 +53,7 @@ import jax.numpy as jnp
 
 from jaxnas.derive import DARTS_NUM_NODES, DARTS_OPS, darts_edge_sources
 from jaxnas.spaces import dartopti_ops
+from jaxnas.spaces.remat import remat
 from jaxnas.errors import JaxnasError
 from jaxnas.spaces.layers import (BatchNorm, add_skip_noise, avg_pool_3x3, conv2d,
                                   depthwise_conv2d, max_pool_3x3, torch_uniform)
@@ -259,7 +260,7 @@ class DartsCell(nn.Module):
     else:
       base = DartsEdgeGroup
     # `train` is positional so that nn.remat can hold it static (keywords are traced).
-    group_cls = nn.remat(base, static_argnums=(3,)) if self.remat_ops else base
+    group_cls = remat(base, static_argnums=(3,)) if self.remat_ops else base
     cell_edges = darts_edge_sources(self.steps)
     inbox = {i: [] for i in range(self.steps)}
     for src in range(self.steps + 1):
@@ -443,7 +444,7 @@ class DartsSearchNetwork(nn.Module):
       raise JaxnasError("edge_normalization needs cell_sharing='type' (one β per cell type, as "
                         "PC-DARTS)")
     # `train` is passed positionally so that nn.remat can hold it static (keywords are traced).
-    cell_cls = nn.remat(DartsCell, static_argnums=(4,)) if self.remat == "cell" else DartsCell
+    cell_cls = remat(DartsCell, static_argnums=(4,)) if self.remat == "cell" else DartsCell
     x = x.astype(self.dtype)
     c = self.channels
     stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
