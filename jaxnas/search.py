@@ -338,6 +338,15 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
   Hessian, as R-DARTS), ``"lanczos"``, ``"power"`` or ``"auto"`` (dense up to 64 alphas, Lanczos
   above); ``eigen_iters`` the iterations of the iterative methods.
 
+  Warm-up (``recipe.arch_warmup_epochs`` = :math:`E_w`, e.g. PC-DARTS' 15, DARTOpti's 5): for
+  steps :math:`t < E_w \cdot` ``steps_per_epoch`` the alphas, the arch optimiser's state and the
+  BN running statistics leave the arch step as they entered it, so the step is the weight step
+  alone, as in the references (PC-DARTS ``train_search.py`` calls ``architect.step`` only from
+  epoch 15 on). The departure: the references make no arch forward at all in warm-up; here the
+  arch gradient (and its forward on the val batch) is still computed and then discarded, because
+  one program serves every step (a traced select, not a second compiled step), so a warm-up step
+  costs a full step's time.
+
   With no regulariser, perturbation or eigenvalue none of this is traced. The recipe's stopping rule
   is not part of the step (see :func:`jaxnas.run.run_search`).
 
@@ -447,6 +456,8 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
       a_opt_state = _where_tree(active, a_opt_state, state.a_opt_state)
     val_aux = info.get("val_aux", {})
     new_stats = val_aux.get("batch_stats", batch_stats) if isinstance(val_aux, dict) else batch_stats
+    if warmup_steps:  # no arch forward in the references' warm-up: keep the statistics it had
+      new_stats = _where_tree(state.step >= warmup_steps, new_stats, batch_stats)
     metrics = {"val_loss": info.get("val_loss", jnp.nan),
                "val_accuracy": val_aux.get("accuracy", jnp.nan) if isinstance(val_aux, dict)
                else jnp.nan,
@@ -536,7 +547,10 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
         new_a_opt = _where_tree(active, new_a_opt, a_opt_state)
       new_weights = optax.apply_updates(weights, w_updates)
       pick = functools.partial(_where_tree, is_arch)  # (arch phase's value, weight phase's)
-      carry = (pick(weights, new_weights), pick(new_alphas, alphas), aux["batch_stats"],
+      new_stats = aux["batch_stats"]
+      if warmup_steps:  # the arch phase leaves the statistics alone during warm-up
+        new_stats = _where_tree(is_arch & (state.step < warmup_steps), stats, new_stats)
+      carry = (pick(weights, new_weights), pick(new_alphas, alphas), new_stats,
                pick(w_opt_state, new_w_opt), pick(new_a_opt, a_opt_state))
       out = {"loss": value, "accuracy": aux["accuracy"],
              "grad_norm": jnp.where(is_arch, _global_norm(g_a), _global_norm(g_w)), **reg_metrics}
