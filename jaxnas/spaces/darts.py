@@ -38,9 +38,11 @@ Options shared by every recipe:
   reductions, nodes per cell) and its initial alphas come from a hand-made network of
   :mod:`jaxnas.spaces.dartopti_ops`; see :class:`DartsSearchNetwork`.
 - ``remat`` (``"none"``, ``"cell"``, ``"op"``): rematerialisation. ``"cell"`` wraps each cell in
-  ``flax.linen.remat`` (``jax.checkpoint``): only a cell's inputs are kept for the backward pass and
-  its inside is recomputed; ``"op"`` wraps each group of mixed ops the same way. Same numbers, less
-  memory, more compute.
+  :func:`jaxnas.spaces.remat.remat`: only a cell's inputs are kept for the backward pass and its
+  inside is recomputed there; ``"op"`` wraps each group of mixed ops the same way. Same numbers,
+  less memory, more compute. Not ``flax.linen.remat`` (``jax.checkpoint``): XLA:CPU drops its
+  optimisation barriers early and merges the recomputation back into the forward pass, so it
+  saved no memory on this unscanned network (see :mod:`jaxnas.spaces.remat`).
 """
 
 from __future__ import annotations
@@ -299,8 +301,8 @@ class DartsSearchNetwork(nn.Module):
       input, the rest bypass (see the module docstring).
     edge_normalization: PC-DARTS' β: weights also hold ``"normal_edges"`` and ``"reduce_edges"``
       (14,), each edge's weight in its node's sum.
-    remat: ``"none"``, ``"cell"`` (``nn.remat`` on every cell) or ``"op"`` (on every group of
-      mixed ops): the same function with activations recomputed in the backward pass.
+    remat: ``"none"``, ``"cell"`` (:func:`jaxnas.spaces.remat.remat` on every cell) or ``"op"``
+      (on every group of mixed ops): the same function with activations recomputed in the backward pass.
     cell_sharing: ``"type"`` (default, DARTS): one set of alphas for all normal cells and one for
       all reduction cells, ``weights = {"normal": (14, 8), "reduce": (14, 8)}``. ``"none"``
       (D-DARTS, Heuillet et al. 2022): every cell has its own alphas, ``weights = {"cells":
