@@ -297,6 +297,8 @@ def test_dartopti_cli_three_steps(tmp_path):
   assert config["config"]["init_genotype"] == "resnet18"
   lines = (out / "metrics.jsonl").read_text().splitlines()
   assert len([ln for ln in lines if '"step"' in ln]) >= 1
+  g = json.loads((out / "genotype.json").read_text())  # the whole network: 4 positions, 1, 2, 3
+  assert len(g["cells"]) == 4 and g["reductions"] == [1, 2, 3]
 
 
 # ------------------------------------------------- derivation of any node count, whole network ---
