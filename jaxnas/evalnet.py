@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnas.ddarts import CellGenotype
 from jaxnas.derive import NB201_EDGES, NB201_OPS, Genotype
 from jaxnas.errors import JaxnasError
 from jaxnas.spaces.darts import reduction_indices
@@ -39,7 +40,7 @@ from jaxnas.spaces.layers import (BatchNorm, avg_pool_3x3, conv2d, depthwise_con
                                   torch_uniform)
 from jaxnas.spaces.nb201 import ReLUConvBN, ResNetBasicBlock
 
-__all__ = ["DARTS_EVAL_OPS", "NetworkCIFAR", "NB201Network", "AuxiliaryHeadCIFAR", "drop_path",
+__all__ = ["DARTS_EVAL_OPS", "DARTOPTI_EVAL_OPS", "NetworkCIFAR", "CellNetworkCIFAR", "NB201Network", "AuxiliaryHeadCIFAR", "drop_path",
            "build", "count_params", "count_macs", "init_variables"]
 
 Dtype = Any
@@ -48,6 +49,11 @@ Dtype = Any
 # NASNet/AmoebaNet-only ``sep_conv_7x7`` and ``conv_7x1_1x7``).
 DARTS_EVAL_OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
                   "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
+
+# The five ops DARTOpti's space S_o adds (D-DARTS §4.4, aheuillet/D-DARTS ``operations.py``), built
+# here with affine BN as the authors' evaluation network builds them (``OPS[name](C, stride, True)``).
+DARTOPTI_EVAL_OPS = ("conv_3x1_1x3", "conv_7x1_1x7", "simple_conv_1x1", "simple_conv_3x3",
+                     "bottleneck_1x3x1")
 
 
 def drop_path(x, drop_prob, key):
@@ -127,6 +133,69 @@ class FactorizedReduce(nn.Module):
     return BatchNorm(affine=True, dtype=self.dtype, name="bn")(y, train=train)
 
 
+def _conv(x, kernel, stride, padding):
+  """NHWC × HWIO convolution with per-axis ``stride`` and ``padding`` pairs."""
+  return lax.conv_general_dilated(x, kernel, window_strides=stride,
+                                  padding=tuple((p, p) for p in padding),
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+class RectConv(nn.Module):
+  """``conv_3x1_1x3`` / ``conv_7x1_1x7`` of S_o: ReLU → conv 1×k (stride (1, s), pad (0, k//2)) →
+  conv k×1 (stride (s, 1), pad (k//2, 0)) → BN (affine); 2kC² weights + 2C. The 1×k comes first,
+  as in the authors' code (see :mod:`jaxnas.spaces.dartopti`)."""
+
+  channels: int
+  kernel: int
+  stride: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    k, c, s, p = self.kernel, self.channels, self.stride, self.kernel // 2
+    k1 = self.param("conv1", torch_uniform(k * c), (1, k, c, c), self.dtype)
+    k2 = self.param("conv2", torch_uniform(k * c), (k, 1, c, c), self.dtype)
+    x = _conv(_conv(jax.nn.relu(x), k1, (1, s), (0, p)), k2, (s, 1), (p, 0))
+    return BatchNorm(affine=True, dtype=self.dtype, name="bn")(x, train=train)
+
+
+class SimpleConv(nn.Module):
+  """``simple_conv_k×k`` of S_o (``ReLUConvBN``): ReLU → conv k×k (stride s, pad k//2) → BN;
+  k²C² + 2C weights."""
+
+  channels: int
+  kernel: int
+  stride: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    k, c = self.kernel, self.channels
+    kern = self.param("conv", torch_uniform(k * k * c), (k, k, c, c), self.dtype)
+    x = conv2d(jax.nn.relu(x), kern, stride=self.stride, padding=k // 2)
+    return BatchNorm(affine=True, dtype=self.dtype, name="bn")(x, train=train)
+
+
+class Bottleneck(nn.Module):
+  """``bottleneck_1x3x1`` of S_o (the authors' ``ResConv(C, 4C)``): ReLU → 1×1 → BN → 3×3 (stride
+  s, pad 1) → BN → 1×1 to 4C → BN → ReLU → 1×1 back to C → BN; 18C² + 2(C + C + 4C + C) weights.
+  No residual inside the op, as the code."""
+
+  channels: int
+  stride: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    c, dt = self.channels, self.dtype
+    bn = lambda i, y: BatchNorm(affine=True, dtype=dt, name=f"bn{i}")(y, train=train)
+    x = bn(1, jax.nn.relu(x) @ self.param("conv1", torch_uniform(c), (c, c), dt))
+    x = bn(2, conv2d(x, self.param("conv2", torch_uniform(9 * c), (3, 3, c, c), dt),
+                     stride=self.stride, padding=1))
+    x = jax.nn.relu(bn(3, x @ self.param("conv3", torch_uniform(c), (c, 4 * c), dt)))
+    return bn(4, x @ self.param("conv4", torch_uniform(4 * c), (4 * c, c), dt))
+
+
 def _is_identity(op: str, stride: int) -> bool:
   return op == "skip_connect" and stride == 1
 
@@ -159,6 +228,12 @@ class EvalCell(nn.Module):
       return max_pool_3x3(x, stride=stride)
     if op == "avg_pool_3x3":
       return avg_pool_3x3(x, stride=stride)
+    if op in ("conv_3x1_1x3", "conv_7x1_1x7"):
+      return RectConv(c, int(op[5]), stride, dt, name=name)(x, train=train)
+    if op.startswith("simple_conv"):
+      return SimpleConv(c, int(op[-1]), stride, dt, name=name)(x, train=train)
+    if op == "bottleneck_1x3x1":
+      return Bottleneck(c, stride, dt, name=name)(x, train=train)
     kind, k = op[:3], int(op[-1])
     module = SepConv if kind == "sep" else DilConv
     return module(c, k, stride, dt, name=name)(x, train=train)
@@ -314,6 +389,98 @@ class NetworkCIFAR(nn.Module):
     return logits, (aux_logits if train else None)
 
 
+CELL_EVAL_OPS = tuple(op for op in DARTS_EVAL_OPS if op != "none") + DARTOPTI_EVAL_OPS
+
+
+def _check_cell_genotype(genotype) -> None:
+  if not isinstance(genotype, CellGenotype):
+    raise JaxnasError("CellNetworkCIFAR builds per-cell genotypes (jaxnas.ddarts.CellGenotype); "
+                      "use NetworkCIFAR for one normal and one reduction cell")
+  for i, genes in enumerate(genotype.cells):
+    for gene in genes:
+      if gene[0] not in CELL_EVAL_OPS:
+        raise JaxnasError(f"per-cell genotype cells[{i}] uses op {gene[0]!r}, which the per-cell "
+                          f"evaluation network does not have; its ops are: "
+                          f"{', '.join(CELL_EVAL_OPS)}")
+    if _cell_widths(genes, ()) == 0:
+      raise JaxnasError(f"per-cell genotype cells[{i}] has no node reachable from the cell's "
+                        "inputs; every node's inputs are missing")
+
+
+class CellNetworkCIFAR(nn.Module):
+  """A per-cell genotype as an evaluation network (D-DARTS ``model.NetworkCIFAR`` with a
+  ``Genotype_nested``; Heuillet et al., 2023).
+
+  As :class:`NetworkCIFAR` (stem 3×3 → 3C + BN, cells, global average pooling, linear), except:
+  the network has ``L = len(genotype.cells)`` cells and cell ``i`` is built from
+  ``genotype.cells[i]`` (FairDARTS triples, :class:`EvalCell`'s ``DCOCell`` form: drop-path on
+  each node's sum, every node with genes concatenated); the channel count doubles at the
+  genotype's ``reductions`` (``L // 3`` and ``2L // 3`` for D-DARTS, e.g. 1, 2, 3 for DARTOpti's
+  ResNet-18) rather than at fixed positions; ops may also be DARTOpti's five (S_o, affine BN).
+  The auxiliary head reads the output of the last reduction cell, as the authors' code
+  (``i == reduction_indexes[-1]``); for D-DARTS' reductions that is cell ``2L // 3``, the cell
+  quark0/darts uses. The authors' ``parse_method='threshold'`` cycles searched genes when the
+  network is deeper than the genotype; jaxnas does that beforehand (``jaxnas derive --cells N``,
+  :func:`jaxnas.ddarts.deepen`), so here the genotype has one entry per cell.
+
+  Attributes:
+    genotype: a :class:`jaxnas.ddarts.CellGenotype`.
+    channels: C, the first cells' width.
+    num_classes: classifier outputs.
+    auxiliary: build the auxiliary head (train mode only); needs a reduction cell.
+    dtype: parameter and computation dtype.
+
+  ``__call__(x, *, train, drop_prob=None)`` as :class:`NetworkCIFAR`; H and W must be divisible by
+  ``2 ** len(reductions)``. Returns ``(logits, aux_logits)``.
+  """
+
+  genotype: CellGenotype
+  channels: int = 36
+  num_classes: int = 10
+  auxiliary: bool = False
+  dtype: Dtype = jnp.float32
+
+  @property
+  def num_cells(self) -> int:
+    return len(self.genotype.cells)
+
+  @nn.compact
+  def __call__(self, x, *, train: bool, drop_prob=None):
+    g = self.genotype
+    _check_cell_genotype(g)
+    reductions = tuple(g.reductions)
+    if self.auxiliary and not reductions:
+      raise JaxnasError("the auxiliary head reads the last reduction cell, and this per-cell "
+                        "genotype has none; use --auxiliary-weight 0")
+    factor = 2 ** len(reductions)
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise JaxnasError(f"images of {x.shape[1]}×{x.shape[2]} cannot be halved {len(reductions)} "
+                        f"times exactly; this per-cell network needs sides divisible by {factor}")
+    x = x.astype(self.dtype)
+    c = self.channels
+    stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
+                        (3, 3, x.shape[-1], 3 * c), self.dtype)
+    s0 = s1 = BatchNorm(affine=True, dtype=self.dtype, name="stem_bn")(
+        conv2d(x, stem_k, padding=1), train=train)
+    aux_logits, c_curr, reduction_prev = None, c, False
+    for i, genes in enumerate(g.cells):
+      reduction = i in reductions
+      c_curr = 2 * c_curr if reduction else c_curr
+      cell = EvalCell(genes, g.concat, c_curr, reduction, reduction_prev, self.dtype,
+                      name=f"cell_{i}")
+      s0, s1 = s1, cell(s0, s1, drop_prob, train=train)
+      reduction_prev = reduction
+      if reductions and i == reductions[-1] and self.auxiliary and (
+          train or self.is_initializing()):
+        aux_logits = AuxiliaryHeadCIFAR(self.num_classes, self.dtype, name="auxiliary_head")(
+            s1, train=train)
+    x = jnp.mean(s1, axis=(1, 2))
+    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
+                      kernel_init=torch_uniform(x.shape[-1]), bias_init=torch_uniform(x.shape[-1]),
+                      name="classifier")(x)
+    return logits, (aux_logits if train else None)
+
+
 class NB201EvalCell(nn.Module):
   """A NAS-Bench-201 cell (AutoDL ``InferCell``): node i = Σ over its genes (op, j) of op(node j).
 
@@ -401,11 +568,20 @@ def build(genotype: Genotype, *, channels: int, cells: int, num_classes: int,
           auxiliary: bool = False, dtype: Dtype = jnp.float32) -> nn.Module:
   """The evaluation network of ``genotype``'s space.
 
-  ``cells`` is L (all cells) for darts genotypes and N (cells per stage) for nb201 ones.
+  ``cells`` is L (all cells) for darts genotypes and N (cells per stage) for nb201 ones; a
+  per-cell genotype (:class:`jaxnas.ddarts.CellGenotype`) fixes L itself, so ``cells`` must be
+  its cell count (or None).
 
   Raises:
-    JaxnasError: for an nb201 genotype with ``auxiliary`` (the benchmark's network has no head).
+    JaxnasError: for an nb201 genotype with ``auxiliary`` (the benchmark's network has no head), or
+      a per-cell genotype whose cell count is not ``cells``.
   """
+  if isinstance(genotype, CellGenotype):
+    if cells is not None and cells != len(genotype.cells):
+      raise JaxnasError(f"the per-cell genotype has {len(genotype.cells)} cells, not --cells "
+                        f"{cells}; leave --cells out, or write a {cells}-cell genotype with "
+                        f"'jaxnas derive RUN_DIR --cells {cells}'")
+    return CellNetworkCIFAR(genotype, channels, num_classes, auxiliary, dtype)
   if genotype.space == "nb201":
     if auxiliary:
       raise JaxnasError("the NAS-Bench-201 network has no auxiliary head; use --auxiliary-weight 0")

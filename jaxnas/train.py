@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnas import data, derive, evalnet, genotypes
+from jaxnas import data, ddarts, derive, evalnet, genotypes
 from jaxnas.errors import JaxnasError
 from jaxnas.run import _jsonable, _make_run_dir, _truncate_metrics, _versions
 from jaxnas.search import cross_entropy, epoch_cosine_schedule
@@ -107,24 +107,25 @@ class TrainState(NamedTuple):
   key: Any  # PRNG key of the run; step keys are fold_in(key, step)
 
 
-def load_genotype(spec) -> derive.Genotype:
+def load_genotype(spec) -> derive.Genotype | ddarts.CellGenotype:
   """A genotype from a file, a run directory (its ``genotype.json``) or a published name.
+
+  A per-cell genotype (``"space": "darts-cells"``: D-DARTS' ``jaxnas derive RUN_DIR --cells N``,
+  DARTOpti's whole-network genotype) loads as a :class:`jaxnas.ddarts.CellGenotype`.
 
   Raises:
     JaxnasError: if ``spec`` is neither an existing path nor a name of :data:`genotypes.NAMES`, or
       the file is not a genotype.
   """
-  if isinstance(spec, derive.Genotype):
+  if isinstance(spec, (derive.Genotype, ddarts.CellGenotype)):
     return spec
   path = pathlib.Path(str(spec))
   if path.exists():
     try:
+      if _is_per_cell(path):  # D-DARTS / DARTOpti: one genotype per cell
+        return ddarts.CellGenotype.load(path)
       return derive.Genotype.load(path)
     except JaxnasError as e:
-      if _is_per_cell(path):  # D-DARTS / DARTOpti: evalnet builds one normal + one reduce cell
-        raise JaxnasError(f"--genotype {spec} is a per-cell genotype (d-darts, dartopti); jaxnas "
-                          "train cannot build per-cell networks yet: train a genotype with one "
-                          "normal and one reduction cell") from None
       raise JaxnasError(f"--genotype {spec}: {e}") from None
   key = str(spec).upper().replace("-", "_")
   if key in genotypes.GENOTYPES:
@@ -142,13 +143,33 @@ def _is_per_cell(path: pathlib.Path) -> bool:
   return isinstance(fields, dict) and fields.get("space") == "darts-cells"
 
 
+def _genotype_from_dict(fields):
+  """A genotype from its ``to_dict()`` (a run's config.json): per-cell or not, by its space."""
+  if isinstance(fields, dict) and fields.get("space") == "darts-cells":
+    return ddarts.CellGenotype.from_dict(fields)
+  return derive.Genotype.from_dict(fields)
+
+
+def _family(space: str) -> str:
+  """The defaults' space of a genotype space: per-cell genotypes train as darts ones."""
+  return "darts" if space == "darts-cells" else space
+
+
+def _head_buildable(genotype) -> bool:
+  """Whether the auxiliary head can be built on 32×32 images: it needs 8×8 features, so at most
+  two reductions before it (a per-cell genotype with three, as DARTOpti's ResNet-18, has 4×4)."""
+  if isinstance(genotype, ddarts.CellGenotype):
+    return 1 <= len(genotype.reductions) <= 2
+  return genotype.space == "darts"
+
+
 def _size_class(image_shape) -> str:
   return "paper" if min(image_shape[:2]) >= 32 else "small"
 
 
 def resolve(cfg: TrainConfig, space: str, image_shape) -> TrainConfig:
   """``cfg`` with every None replaced by the default of ``space`` on images of ``image_shape``."""
-  defaults = _DEFAULTS[(space, _size_class(image_shape))]
+  defaults = _DEFAULTS[(_family(space), _size_class(image_shape))]
   filled = {k: (v if getattr(cfg, k) is None else getattr(cfg, k)) for k, v in defaults.items()}
   return dataclasses.replace(cfg, **filled)
 
@@ -381,27 +402,31 @@ def paper_counts(genotype) -> tuple[int, int, int]:
   """``(params, params with the auxiliary head, multiply-adds)`` of ``genotype``'s network as the
   papers report it: 10 classes, 32×32×3 images, C = 36 and L = 20 (darts) or C = 16 and N = 5
   (nb201), counted by :func:`jaxnas.evalnet.count_params` and :func:`~jaxnas.evalnet.count_macs`.
+  A per-cell genotype keeps its own L (its cell count); where its auxiliary head cannot be built
+  (:func:`_head_buildable`) the second figure equals the first.
   """
-  paper = _DEFAULTS[(genotype.space, "paper")]
-  darts = genotype.space == "darts"
-  net = evalnet.build(genotype, channels=paper["channels"], cells=paper["cells"], num_classes=10,
-                      auxiliary=darts)
+  paper = _DEFAULTS[(_family(genotype.space), "paper")]
+  cells = None if isinstance(genotype, ddarts.CellGenotype) else paper["cells"]
+  net = evalnet.build(genotype, channels=paper["channels"], cells=cells, num_classes=10,
+                      auxiliary=_head_buildable(genotype))
   plain, with_aux = evalnet.count_params(net, (32, 32, 3))
   macs = evalnet.count_macs(
-      evalnet.build(genotype, channels=paper["channels"], cells=paper["cells"], num_classes=10),
+      evalnet.build(genotype, channels=paper["channels"], cells=cells, num_classes=10),
       (32, 32, 3))
   return plain, with_aux, macs
 
 
 def _print_paper_counts(genotype, cfg: TrainConfig, num_classes: int, data_shape, stdout) -> None:
   """A dry run of another network (smaller, other data) also prints the papers' figures."""
-  paper = _DEFAULTS[(genotype.space, "paper")]
+  paper = dict(_DEFAULTS[(_family(genotype.space), "paper")])
+  if isinstance(genotype, ddarts.CellGenotype):
+    paper["cells"] = len(genotype.cells)
   if ((cfg.channels, cfg.cells, num_classes) == (paper["channels"], paper["cells"], 10)
       and tuple(data_shape) == (32, 32, 3)):
     return
   plain, with_aux, macs = paper_counts(genotype)
-  darts = genotype.space == "darts"
-  size = f"C={paper['channels']}, {'L' if darts else 'N'}={paper['cells']}"
+  darts = _head_buildable(genotype)
+  size = f"C={paper['channels']}, {'N' if genotype.space == 'nb201' else 'L'}={paper['cells']}"
   print(f"the papers' network ({size}, 10 classes, 32×32×3): {plain:,} parameters"
         + (f" without the auxiliary head, {with_aux:,} with it" if darts else "")
         + f"; {macs / 1e6:.2f}M multiply-adds", file=stdout, flush=True)
@@ -444,7 +469,7 @@ def resume_config(run_dir) -> TrainConfig:
     config = json.loads(path.read_text())
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in config["config"].items() if k in known})
-    derive.Genotype.from_dict(config["genotype"])
+    _genotype_from_dict(config["genotype"])
   except (ValueError, KeyError, TypeError, AttributeError, JaxnasError) as e:
     raise JaxnasError(f"{path} is not a jaxnas train config.json ({type(e).__name__}: "
                       f"{str(e).splitlines()[0] if str(e) else ''}); cannot resume") from None
@@ -515,9 +540,15 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
     if (pathlib.Path(cfg.out) / "summary.json").exists():
       raise JaxnasError(f"{cfg.out} holds a finished training run (summary.json); nothing to "
                         "resume")
-    genotype = derive.Genotype.from_dict(saved["genotype"])
+    genotype = _genotype_from_dict(saved["genotype"])
   else:
     genotype = load_genotype(cfg.genotype)
+  if isinstance(genotype, ddarts.CellGenotype):  # the genotype fixes L
+    if cfg.cells is not None and cfg.cells != len(genotype.cells):
+      evalnet.build(genotype, channels=2, cells=cfg.cells, num_classes=2)  # its one-line error
+    cfg = dataclasses.replace(cfg, cells=len(genotype.cells))
+    if cfg.auxiliary_weight is None and not _head_buildable(genotype):
+      cfg = dataclasses.replace(cfg, auxiliary_weight=0.0)  # e.g. ResNet-18's three reductions
   dataset = data.load(cfg.dataset, data_dir=cfg.data_dir)
   cfg = resolve(cfg, genotype.space, dataset.image_shape)
   validate(cfg, genotype.space, dataset.image_shape)
@@ -536,7 +567,7 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
                         num_classes=dataset.num_classes, auxiliary=bool(cfg.auxiliary_weight))
   counting = evalnet.build(genotype, channels=cfg.channels, cells=cfg.cells,
                            num_classes=dataset.num_classes,
-                           auxiliary=genotype.space == "darts")
+                           auxiliary=_head_buildable(genotype))
   data_shape, paper_shape = tuple(dataset.image_shape), (32, 32, 3)
   # Parameter counts depend on the input channels (the stem), not on the image size; they are
   # taken at 32×32 where the auxiliary head can be built.
@@ -586,11 +617,13 @@ def run_train(cfg: TrainConfig, *, stdout=None, resume: bool = False) -> pathlib
   }
   if not resume:
     (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
-  with_aux = lambda counts: ("" if genotype.space == "nb201"
-                             else f", {counts[1]:,} with the auxiliary head")
+  no_head = ", no auxiliary head (the genotype's reductions leave it no 8×8 input)"
+  with_aux = lambda counts: ("" if genotype.space == "nb201" else
+                             f", {counts[1]:,} with the auxiliary head"
+                             if _head_buildable(genotype) else no_head)
   print(f"run directory: {run_dir}", file=stdout)
   print(f"{genotype.space} network of genotype {label}: C={cfg.channels}, "
-        f"{'L' if genotype.space == 'darts' else 'N'}={cfg.cells}; parameters: {params_plain:,}"
+        f"{'N' if genotype.space == 'nb201' else 'L'}={cfg.cells}; parameters: {params_plain:,}"
         + ("" if genotype.space == "nb201" else " without the auxiliary head")
         + with_aux((params_plain, params_aux))
         + ("" if data_shape[-1] == 3 else
