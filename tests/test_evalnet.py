@@ -245,3 +245,77 @@ def test_auxiliary_head_gradient_matches_finite_differences():
   eps = 1e-6
   fd = (value_and_grad(x + eps * v)[0] - value_and_grad(x - eps * v)[0]) / (2 * eps)
   np.testing.assert_allclose(float(jnp.vdot(g, v)), float(fd), rtol=1e-6)
+
+
+# --- per-cell genotypes (D-DARTS Genotype_nested, DARTOpti's S_o ops) -----------------------------
+
+_CELL = (("sep_conv_3x3", 2, 0), ("skip_connect", 2, 1), ("dil_conv_5x5", 3, 2),
+         ("max_pool_3x3", 3, 0), ("avg_pool_3x3", 4, 1), ("skip_connect", 5, 0))
+
+
+@pytest.mark.parametrize("cells", [3, 5])
+def test_per_cell_network_of_equal_cells_counts_as_the_shared_cell_network(cells):
+  """All cells equal: the same count (with and without the head) and multiply-adds as quark0's
+  NetworkCIFAR of that cell, whose reductions L//3, 2L//3 are CellGenotype's default."""
+  from jaxnas.ddarts import CellGenotype
+  shared = evalnet.NetworkCIFAR(Genotype(normal=_CELL, normal_concat=[2, 3, 4, 5], reduce=_CELL,
+                                         reduce_concat=[2, 3, 4, 5]),
+                                channels=4, num_cells=cells, num_classes=10, auxiliary=True)
+  per_cell = evalnet.build(CellGenotype((_CELL,) * cells), channels=4, cells=None, num_classes=10,
+                           auxiliary=True)
+  assert isinstance(per_cell, evalnet.CellNetworkCIFAR)
+  assert evalnet.count_params(per_cell, (32, 32, 3)) == evalnet.count_params(shared, (32, 32, 3))
+  plain = lambda m: m.clone(auxiliary=False)
+  assert (evalnet.count_macs(plain(per_cell), (8, 8, 3))
+          == evalnet.count_macs(plain(shared), (8, 8, 3)))
+
+
+def test_three_cell_per_cell_network_counted_by_hand():
+  """C = 4, 8×8×1 images, reductions at 1 and 2, DARTOpti ops included; every figure by hand."""
+  from jaxnas.ddarts import CellGenotype
+  g = CellGenotype((
+      (("conv_3x1_1x3", 2, 0), ("simple_conv_1x1", 2, 1), ("skip_connect", 3, 2)),
+      (("bottleneck_1x3x1", 2, 1), ("skip_connect", 3, 0), ("max_pool_3x3", 3, 2)),
+      (("sep_conv_3x3", 2, 0), ("dil_conv_5x5", 3, 1), ("conv_7x1_1x7", 4, 3)),
+  ), reductions=(1, 2))
+  stem = 9 * 1 * 12 + 2 * 12  # 3×3 conv 1 → 3C = 12, BN
+  # cell 0, normal, C = 4, inputs 12 and 12: two ReLUConvBN 1×1 (12·4 + 8);
+  # conv_3x1_1x3 6C² + 2C; simple_conv_1x1 C² + 2C; identity 0; nodes 2, 3 → 8 channels.
+  cell0 = 2 * (12 * 4 + 8) + (6 * 16 + 8) + (16 + 8)
+  # cell 1, reduction, C = 8, inputs 12 (stem) and 8: ReLUConvBN 12·8 + 16, 8·8 + 16;
+  # bottleneck 18C² + 2(C + C + 4C + C); skip at stride 2 = FactorizedReduce C² + 2C; pool 0;
+  # nodes 2, 3 → 16 channels.
+  cell1 = (12 * 8 + 16) + (8 * 8 + 16) + (18 * 64 + 2 * 56) + (64 + 16)
+  # cell 2, reduction after a reduction, C = 16, inputs 8 and 16: FactorizedReduce 8 → 16
+  # (2 · 8·8 + 32), ReLUConvBN 16·16 + 32; sep_conv_3x3 2(9C + C² + 2C); dil_conv_5x5
+  # 25C + C² + 2C; conv_7x1_1x7 14C² + 2C; nodes 2, 3, 4 → 48 channels.
+  cell2 = ((2 * 64 + 32) + (256 + 32) + 2 * (144 + 256 + 32) + (400 + 256 + 32)
+           + (14 * 256 + 32))
+  classifier = 48 * 10 + 10
+  net = evalnet.build(g, channels=4, cells=3, num_classes=10)
+  assert evalnet.count_params(net, (8, 8, 1)) == (stem + cell0 + cell1 + cell2 + classifier,) * 2
+  # The rectangular kernels are 1×k then k×1 (the 1×k first, as the authors' code).
+  params = evalnet._abstract_variables(net, (8, 8, 1))["params"]
+  assert params["cell_0"]["op0_conv_3x1_1x3"]["conv1"].shape == (1, 3, 4, 4)
+  assert params["cell_2"]["op2_conv_7x1_1x7"]["conv2"].shape == (7, 1, 16, 16)
+
+
+def test_per_cell_genotype_errors_are_one_line():
+  from jaxnas.ddarts import CellGenotype
+  x = (8, 8, 1)
+  odd = CellGenotype((_CELL, (("conv_9x9", 2, 0),), _CELL))
+  with pytest.raises(JaxnasError, match="cells\\[1\\] uses op 'conv_9x9'") as e:
+    evalnet.count_params(evalnet.build(odd, channels=4, cells=None, num_classes=10), x)
+  assert "\n" not in str(e.value)
+  none = CellGenotype((_CELL, (("none", 2, 0),), _CELL))
+  with pytest.raises(JaxnasError, match="uses op 'none'"):
+    evalnet.count_params(evalnet.build(none, channels=4, cells=None, num_classes=10), x)
+  with pytest.raises(JaxnasError, match="has 3 cells, not --cells 5"):
+    evalnet.build(CellGenotype((_CELL,) * 3), channels=4, cells=5, num_classes=10)
+  four = CellGenotype((_CELL,) * 5, reductions=(0, 1, 2, 3))  # 8 / 2⁴ is not whole
+  with pytest.raises(JaxnasError, match="divisible by 16"):
+    evalnet.count_params(evalnet.build(four, channels=4, cells=None, num_classes=10), x)
+  flat = CellGenotype((_CELL,) * 2, reductions=())
+  with pytest.raises(JaxnasError, match="has none; use --auxiliary-weight 0"):
+    evalnet.count_params(evalnet.build(flat, channels=4, cells=None, num_classes=10,
+                                       auxiliary=True), (32, 32, 3))

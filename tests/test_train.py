@@ -408,3 +408,58 @@ def test_cli_run_interrupted_and_resumed_equals_uninterrupted(tmp_path, monkeypa
   evals = [json.loads(l) for l in (whole / "metrics.jsonl").read_text().splitlines()]
   assert scalars["test_accuracy"] == [(l["step"], float(np.float32(l["test_accuracy"])))
                                       for l in evals if "test_accuracy" in l]
+
+
+# --- per-cell genotypes (D-DARTS --cells N, DARTOpti whole networks) ------------------------------
+
+_PER_CELL = ((("sep_conv_3x3", 2, 0), ("skip_connect", 2, 1), ("max_pool_3x3", 3, 2)),
+             (("conv_3x1_1x3", 2, 1), ("skip_connect", 3, 0), ("avg_pool_3x3", 3, 2)),
+             (("dil_conv_3x3", 2, 0), ("bottleneck_1x3x1", 3, 1), ("simple_conv_3x3", 4, 3)))
+
+
+def test_per_cell_genotype_one_jitted_step_on_digits(tmp_path):
+  """A 3-cell per-cell genotype loads from its file, and one jitted step (C = 4) is finite.
+  Small cells (one compile of fwd + bwd is this test's cost)."""
+  from jaxnas.ddarts import CellGenotype
+  CellGenotype(((("skip_connect", 2, 1),), (("conv_3x1_1x3", 2, 1),),
+                (("simple_conv_1x1", 2, 0), ("max_pool_3x3", 2, 1)))).save(tmp_path)
+  g = train.load_genotype(tmp_path)
+  assert isinstance(g, CellGenotype) and g.reductions == (1, 2)
+  ds = data.load("digits")
+  model = evalnet.build(g, channels=4, cells=None, num_classes=10)
+  cfg = train.resolve(train.TrainConfig(epochs=1), g.space, ds.image_shape)
+  tx, schedule = train.make_optimizer(cfg, steps_per_epoch=1)
+  state = train.init_train_state(model, tx, jax.random.key(0), ds.image_shape)
+  step = train.make_train_step(model, tx, schedule, auxiliary_weight=0.0, drop_path=0.2,
+                               steps_per_epoch=1, epochs=1)
+  batch = {"image": jnp.asarray(ds.train_x[:16], jnp.float32),
+           "label": jnp.asarray(ds.train_y[:16])}
+  before = jax.tree.map(np.asarray, state.params)  # the step donates its state
+  new, metrics = step(state, batch)
+  assert math.isfinite(float(metrics["train_loss"])) and int(new.step) == 1
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, new.params)
+  assert moved["cell_1"]["op0_conv_3x1_1x3"]["conv1"]  # cell 1's own genes are trained
+
+
+def test_per_cell_dry_run_and_one_line_errors(tmp_path, capsys):
+  from jaxnas.ddarts import CellGenotype
+  CellGenotype(_PER_CELL).save(tmp_path / "g.json")
+  out = tmp_path / "run"
+  assert cli.main(["train", "--genotype", str(tmp_path / "g.json"), "--channels", "4",
+                   "--dry-run", "--out", str(out)]) == 0
+  text = capsys.readouterr().out
+  config = json.loads((out / "config.json").read_text())
+  n = evalnet.count_params(evalnet.build(CellGenotype(_PER_CELL), channels=4, cells=None,
+                                         num_classes=10), (32, 32, 1))[0]
+  assert config["num_params"] == n and config["config"]["cells"] == 3
+  assert config["genotype"]["space"] == "darts-cells"
+  assert f"darts-cells network of genotype g: C=4, L=3; parameters: {n:,}" in text
+  assert train.resume_config(out).cells == 3  # the per-cell genotype reads back
+  assert "has 3 cells, not --cells 8" in _error(
+      ["train", "--genotype", str(tmp_path / "g.json"), "--cells", "8"], capsys)
+  CellGenotype(_PER_CELL + (_PER_CELL[0],) * 2, reductions=(0, 1, 2, 3)).save(tmp_path / "r.json")
+  assert "divisible by 16" in _error(["train", "--genotype", str(tmp_path / "r.json"),
+                                      "--dry-run", "--out", str(tmp_path / "r")], capsys)
+  CellGenotype(((("conv_9x9", 2, 0),),) * 3).save(tmp_path / "u.json")
+  assert "uses op 'conv_9x9'" in _error(["train", "--genotype", str(tmp_path / "u.json"),
+                                         "--dry-run", "--out", str(tmp_path / "u")], capsys)
