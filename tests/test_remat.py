@@ -67,6 +67,13 @@ def test_late_checkpoint_has_the_functions_values_and_gradients():
   np.testing.assert_allclose(v1, v0, rtol=1e-14)
   _tree_close(g1, g0, rtol=1e-12, atol=1e-14)
   assert float(jnp.abs(g0[2])) > 0  # the closed-over value's gradient is not lost
+  # Forward-over-reverse (the exact Hessian-vector products of darts-2nd-exact and eigen.py).
+  grads = [jax.grad(lambda *a, wrap=wrap: net(*a, wrap), argnums=(0, 1))
+           for wrap in (lambda f, static_argnums: f, late_checkpoint)]
+  tangents = ([w.T for w in ws], x[::-1])
+  hvp0, hvp1 = (jax.jvp(lambda ws, x, g=g: g(ws, x, scale), (ws, x), tangents)[1] for g in grads)
+  _tree_close(hvp1, hvp0, rtol=1e-10, atol=1e-13)
+  assert max(float(jnp.max(jnp.abs(h))) for h in jax.tree.leaves(hvp0)) > 1e-3
 
 
 def test_late_checkpoint_lowers_the_compiled_temp_buffer():

@@ -20,6 +20,10 @@ Chen et al., 2016, "Training deep nets with sublinear memory cost", with the sch
 :func:`remat` lifts it over a Flax module like ``flax.linen.remat`` (same ``static_argnums``
 convention, the module counted as argument 0), so parameters, mutable ``batch_stats`` and RNG
 streams pass through as with ``nn.remat``.
+
+Being a custom VJP, the wrapped function supports reverse mode and forward-over-reverse (the
+Hessian-vector products ``jax.jvp(jax.grad(f))`` of ``darts-2nd-exact``, ``jaxnas.eigen`` and
+``jax.hessian``; tested), but not ``jax.jvp`` of the function itself, which jaxnas does not use.
 """
 
 from __future__ import annotations
