@@ -247,6 +247,7 @@ def test_beta_decay_step_equals_adam_on_first_order_plus_regulariser_gradient(se
   assert "perturb/epsilon" not in m
 
 
+@pytest.mark.slow
 def test_perturbation_reaches_only_the_weight_step(setup):
   model, state, steps, ce_and_grad = setup
   tb, vb = _batch(3), _batch(4)
@@ -697,16 +698,18 @@ def test_generalization_gap_gradient_is_grad_val_minus_grad_train_on_a_quadratic
 
 
 def test_regularizer_registries():
+  # Issue 4's terms, then issue 5's cost and Dirichlet terms and issue 8's per-cell zero-one.
   assert set(regularize.REGULARIZERS) == {"beta-decay", "zero-one", "cdarts-l1", "pr-skip",
-                                          "pr-nonskip", "pr-path"}
-  assert set(regularize.LOSS_REGULARIZERS) == {"unas-gap", "unas-abs-gap"}
+                                          "pr-nonskip", "pr-path", "expected-flops",
+                                          "expected-latency", "dirichlet-kl", "zero-one-cells"}
+  assert {"unas-gap", "unas-abs-gap"} <= set(regularize.LOSS_REGULARIZERS)
   assert not set(regularize.REGULARIZERS) & set(regularize.LOSS_REGULARIZERS)
   assert regularize.get("cdarts-l1") is regularize.cdarts_l1
   assert not regularize.is_loss_regularizer("beta-decay")
   for call in (lambda: regularize.get("l2"), lambda: regularize.is_loss_regularizer("l2")):
     with pytest.raises(JaxnasError, match=r"^unknown regularizer 'l2'; choose one of: beta-decay, "
-                       r"cdarts-l1, pr-nonskip, pr-path, pr-skip, unas-abs-gap, unas-gap, "
-                       r"zero-one$"):
+                       r"cdarts-l1, ddarts-ablation, .*, unas-abs-gap, unas-gap, "
+                       r"zero-one, zero-one-cells$"):
       call()
 
 

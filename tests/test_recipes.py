@@ -68,6 +68,7 @@ def test_methods_lists_every_recipe_with_its_paper(capsys):
     assert recipe.paper and f"paper: {recipe.paper}" in out
 
 
+@pytest.mark.slow
 def test_composed_sdarts_adv_with_the_exact_second_order_estimator(tmp_path, capsys):
   out = tmp_path / "run"
   code = cli.main(["search", "--method", "sdarts-adv", "--estimator", "unrolled_hvp", *TINY,
@@ -84,6 +85,7 @@ def test_composed_sdarts_adv_with_the_exact_second_order_estimator(tmp_path, cap
   assert np.isfinite(second["train_loss"]) and second["perturb/epsilon"] == pytest.approx(0.03)
 
 
+@pytest.mark.slow
 def test_estimator_option_and_removing_a_piece(tmp_path, capsys):
   out = tmp_path / "run"
   code = cli.main(["search", "--method", "darts-unrolled", "--estimator-option", "unroll_steps=2",
@@ -150,6 +152,7 @@ def test_a_rule_returning_an_epoch_makes_the_run_return_that_epochs_alphas(tmp_p
   assert "returning the alphas and genotype of epoch 1" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_rule_needing_the_eigenvalue_gets_it_every_two_epochs(tmp_path, monkeypatch):
   seen = []
 

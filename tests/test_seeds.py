@@ -39,6 +39,7 @@ def runs():
   return singles, states, metrics, step, vstep
 
 
+@pytest.mark.slow
 def test_each_vmapped_seed_equals_its_single_run(runs):
   singles, states, _, _, _ = runs
   host = jax.device_get(states._replace(key=jax.random.key_data(states.key)))
@@ -54,6 +55,7 @@ def test_each_vmapped_seed_equals_its_single_run(runs):
   assert diff.max() > 1e-4
 
 
+@pytest.mark.slow
 def test_metrics_have_one_entry_per_seed_and_each_step_compiles_once(runs):
   _, _, metrics, step, vstep = runs
   assert metrics["val_loss"].shape == (len(SEEDS),)

@@ -381,6 +381,7 @@ def test_edge_group_one_hot_is_reference_op(group_outputs):
 # 5. The two depthwise implementations of the DARTS space.
 
 
+@pytest.mark.slow
 def test_darts_depthwise_impls_agree():
   """"lax", "taps", "vjp": same logits and the same gradients in params, mixing weights, input."""
   rng = np.random.default_rng(9)
