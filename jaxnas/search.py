@@ -214,11 +214,20 @@ def nonfinite_mask(metrics, weights, alphas):
   alphas and weights. A few ``isfinite`` reductions inside the jitted step, so the loop can stop at
   the first step that diverged without reading the state back (:func:`describe_nonfinite`).
   """
-  state = {"alphas": alphas, "weights": weights}
+  return flag_nonfinite({"alphas": alphas, "weights": weights}, metrics, NONFINITE_QUANTITIES)
+
+
+def flag_nonfinite(trees: dict, metrics: dict, quantities) -> jax.Array:
+  """Bit ``i`` set when the ``i``-th of ``quantities`` (a ``trees`` entry, every leaf checked, or a
+  scalar in ``metrics``) is not finite; entries in neither (or with no leaves) are skipped. The
+  search step and :mod:`jaxnas.train`'s step share it, each with its own table."""
   mask = jnp.zeros((), jnp.int32)
-  for bit, (name, _) in enumerate(NONFINITE_QUANTITIES):
-    if name in state:
-      ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(state[name])]))
+  for bit, (name, _) in enumerate(quantities):
+    if name in trees:
+      leaves = jax.tree.leaves(trees[name])
+      if not leaves:
+        continue
+      ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
     elif name in metrics:
       ok = jnp.isfinite(metrics[name])
     else:
@@ -227,10 +236,11 @@ def nonfinite_mask(metrics, weights, alphas):
   return mask
 
 
-def describe_nonfinite(mask: int, metrics: dict) -> str:
+def describe_nonfinite(mask: int, metrics: dict, quantities=NONFINITE_QUANTITIES) -> str:
   """The first quantity flagged in ``mask`` (:func:`nonfinite_mask`) in words, e.g.
-  ``"arch gradient is NaN"``; ``metrics`` (host values) tell NaN from Inf where they can."""
-  for bit, (name, words) in enumerate(NONFINITE_QUANTITIES):
+  ``"arch gradient is NaN"``; ``metrics`` (host values) tell NaN from Inf where they can;
+  ``quantities`` is the table the mask was made with."""
+  for bit, (name, words) in enumerate(quantities):
     if not int(mask) >> bit & 1:
       continue
     value = metrics.get(name)

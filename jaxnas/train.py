@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxnas import data, ddarts, derive, evalnet, genotypes
+from jaxnas import data, ddarts, derive, evalnet, genotypes, search
 from jaxnas.errors import JaxnasError
 from jaxnas.run import _jsonable, _make_run_dir, _truncate_metrics, _versions
 from jaxnas.search import cross_entropy, epoch_cosine_schedule
@@ -272,35 +272,14 @@ def nonfinite_mask(metrics, params, batch_stats):
   on through NaN. A few ``isfinite`` reductions inside the jitted step, so the loop stops at the
   first bad step reading one integer back.
   """
-  trees = {"weights": params, "batch_stats": batch_stats}
-  mask = jnp.zeros((), jnp.int32)
-  for bit, (name, _) in enumerate(NONFINITE_QUANTITIES):
-    if name in trees:
-      leaves = jax.tree.leaves(trees[name])
-      if not leaves:
-        continue
-      ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-    elif name in metrics:
-      ok = jnp.isfinite(metrics[name])
-    else:
-      continue
-    mask = mask | jnp.where(ok, 0, 1 << bit).astype(jnp.int32)
-  return mask
+  return search.flag_nonfinite({"weights": params, "batch_stats": batch_stats}, metrics,
+                               NONFINITE_QUANTITIES)
 
 
 def describe_nonfinite(mask: int, metrics: dict) -> str:
   """The first quantity flagged in ``mask`` (:func:`nonfinite_mask`) in words, e.g.
-  ``"training loss is NaN"``; ``metrics`` (host values) tell NaN from Inf where they can."""
-  for bit, (name, words) in enumerate(NONFINITE_QUANTITIES):
-    if not int(mask) >> bit & 1:
-      continue
-    value = metrics.get(name)
-    if isinstance(value, float) and math.isnan(value):
-      return f"{words} is NaN"
-    if isinstance(value, float) and math.isinf(value):
-      return f"{words} is {'-' if value < 0 else ''}Inf"
-    return f"{words} {'are' if words.endswith('s') else 'is'} not finite"
-  return "no quantity is non-finite"
+  ``"training loss is NaN"``; :func:`jaxnas.search.describe_nonfinite` with this module's table."""
+  return search.describe_nonfinite(mask, metrics, NONFINITE_QUANTITIES)
 
 
 def make_train_step(model, tx, schedule, *, auxiliary_weight: float, drop_path: float,
