@@ -397,9 +397,10 @@ def test_derive_and_train_a_dartopti_run_from_the_command_line(tmp_path, capsys)
   assert cli.main(["derive", str(out), "--cells", "8"]) == 2
   err = capsys.readouterr().err
   assert "reduces at [1, 2, 3]" in err and err.count("\n") == 1
-  assert cli.main(["train", "--genotype", str(out), "--out", str(tmp_path / "t")]) == 2
-  err = capsys.readouterr().err
-  assert "per-cell genotype" in err and err.count("\n") == 1
+  # jaxnas train builds per-cell genotypes (CellNetworkCIFAR); the dry run checks it accepts this one
+  # without training it (a whole training run is not a unit test).
+  assert cli.main(["train", "--genotype", str(out), "--out", str(tmp_path / "t"), "--dry-run"]) == 0
+  assert "parameters" in capsys.readouterr().out
   r50 = _dartopti_run(tmp_path, "resnet50", genotype_alphas(handmade("resnet50")))
   assert cli.main(["derive", str(r50), "--rule", "ddarts-edge"]) == 0
   g50 = ddarts.CellGenotype.load(r50 / "genotype-ddarts-edge.json")
