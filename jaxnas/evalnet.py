@@ -360,33 +360,44 @@ class NetworkCIFAR(nn.Module):
     g = self.genotype
     _check_darts_genotype(g, self.num_cells)
     reductions = reduction_indices(self.num_cells)
-    factor = 2 ** len(reductions)
-    if x.shape[1] % factor or x.shape[2] % factor:
-      raise JaxnasError(f"images of {x.shape[1]}×{x.shape[2]} cannot be halved {len(reductions)} "
-                        f"times exactly; the darts network needs sides divisible by {factor}")
-    x = x.astype(self.dtype)
-    c = self.channels
-    stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
-                        (3, 3, x.shape[-1], 3 * c), self.dtype)
-    s0 = s1 = BatchNorm(affine=True, dtype=self.dtype, name="stem_bn")(
-        conv2d(x, stem_k, padding=1), train=train)
-    aux_logits, c_curr, reduction_prev = None, c, False
-    for i in range(self.num_cells):
-      reduction = i in reductions
-      c_curr = 2 * c_curr if reduction else c_curr
-      genes, concat = (g.reduce, g.reduce_concat) if reduction else (g.normal, g.normal_concat)
-      cell = EvalCell(genes, concat, c_curr, reduction, reduction_prev, self.dtype,
-                      name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, drop_prob, train=train)
-      reduction_prev = reduction
-      if i == 2 * self.num_cells // 3 and self.auxiliary and (train or self.is_initializing()):
-        aux_logits = AuxiliaryHeadCIFAR(self.num_classes, self.dtype, name="auxiliary_head")(
-            s1, train=train)
-    x = jnp.mean(s1, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
-                      kernel_init=torch_uniform(x.shape[-1]), bias_init=torch_uniform(x.shape[-1]),
-                      name="classifier")(x)
-    return logits, (aux_logits if train else None)
+    cells = [(g.reduce, g.reduce_concat) if i in reductions else (g.normal, g.normal_concat)
+             for i in range(self.num_cells)]
+    return _cifar_body(self, x, cells, reductions, 2 * self.num_cells // 3, "the darts network",
+                       train=train, drop_prob=drop_prob)
+
+
+def _cifar_body(net, x, cells, reductions, aux_at, what: str, *, train: bool, drop_prob):
+  """The body both CIFAR evaluation networks share (called inside ``net``'s compact ``__call__``).
+
+  Stem conv 3×3 → 3C + affine BN; cell ``i`` built from ``cells[i] = (genes, concat)``, doubling
+  the channels at ``reductions``; the auxiliary head after cell ``aux_at`` (training only); global
+  average pooling; linear classifier. ``what`` names the network in the image-size error.
+  """
+  factor = 2 ** len(reductions)
+  if x.shape[1] % factor or x.shape[2] % factor:
+    raise JaxnasError(f"images of {x.shape[1]}×{x.shape[2]} cannot be halved {len(reductions)} "
+                      f"times exactly; {what} needs sides divisible by {factor}")
+  x = x.astype(net.dtype)
+  c = net.channels
+  stem_k = net.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
+                     (3, 3, x.shape[-1], 3 * c), net.dtype)
+  s0 = s1 = BatchNorm(affine=True, dtype=net.dtype, name="stem_bn")(
+      conv2d(x, stem_k, padding=1), train=train)
+  aux_logits, c_curr, reduction_prev = None, c, False
+  for i, (genes, concat) in enumerate(cells):
+    reduction = i in reductions
+    c_curr = 2 * c_curr if reduction else c_curr
+    cell = EvalCell(genes, concat, c_curr, reduction, reduction_prev, net.dtype, name=f"cell_{i}")
+    s0, s1 = s1, cell(s0, s1, drop_prob, train=train)
+    reduction_prev = reduction
+    if i == aux_at and net.auxiliary and (train or net.is_initializing()):
+      aux_logits = AuxiliaryHeadCIFAR(net.num_classes, net.dtype, name="auxiliary_head")(
+          s1, train=train)
+  x = jnp.mean(s1, axis=(1, 2))
+  logits = nn.Dense(net.num_classes, dtype=net.dtype, param_dtype=net.dtype,
+                    kernel_init=torch_uniform(x.shape[-1]), bias_init=torch_uniform(x.shape[-1]),
+                    name="classifier")(x)
+  return logits, (aux_logits if train else None)
 
 
 CELL_EVAL_OPS = tuple(op for op in DARTS_EVAL_OPS if op != "none") + DARTOPTI_EVAL_OPS
@@ -452,33 +463,9 @@ class CellNetworkCIFAR(nn.Module):
     if self.auxiliary and not reductions:
       raise JaxnasError("the auxiliary head reads the last reduction cell, and this per-cell "
                         "genotype has none; use --auxiliary-weight 0")
-    factor = 2 ** len(reductions)
-    if x.shape[1] % factor or x.shape[2] % factor:
-      raise JaxnasError(f"images of {x.shape[1]}×{x.shape[2]} cannot be halved {len(reductions)} "
-                        f"times exactly; this per-cell network needs sides divisible by {factor}")
-    x = x.astype(self.dtype)
-    c = self.channels
-    stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
-                        (3, 3, x.shape[-1], 3 * c), self.dtype)
-    s0 = s1 = BatchNorm(affine=True, dtype=self.dtype, name="stem_bn")(
-        conv2d(x, stem_k, padding=1), train=train)
-    aux_logits, c_curr, reduction_prev = None, c, False
-    for i, genes in enumerate(g.cells):
-      reduction = i in reductions
-      c_curr = 2 * c_curr if reduction else c_curr
-      cell = EvalCell(genes, g.concat, c_curr, reduction, reduction_prev, self.dtype,
-                      name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, drop_prob, train=train)
-      reduction_prev = reduction
-      if reductions and i == reductions[-1] and self.auxiliary and (
-          train or self.is_initializing()):
-        aux_logits = AuxiliaryHeadCIFAR(self.num_classes, self.dtype, name="auxiliary_head")(
-            s1, train=train)
-    x = jnp.mean(s1, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
-                      kernel_init=torch_uniform(x.shape[-1]), bias_init=torch_uniform(x.shape[-1]),
-                      name="classifier")(x)
-    return logits, (aux_logits if train else None)
+    return _cifar_body(self, x, [(genes, g.concat) for genes in g.cells], reductions,
+                       reductions[-1] if reductions else None, "this per-cell network",
+                       train=train, drop_prob=drop_prob)
 
 
 class NB201EvalCell(nn.Module):
