@@ -273,6 +273,10 @@ def _search(args) -> int:
   _xla_gpu_workaround(args.space)
   with _compile_cache(not args.no_compile_cache and not args.dry_run):
     if args.seeds is not None:
+      from jaxnas import methods
+      if methods.get(cfg.method).stages:
+        raise JaxnasError(f"method {cfg.method!r} runs in stages, one search at a time; leave "
+                          "--seeds out")
       from jaxnas.seeds import run_seeds
       run_seeds(cfg, args.seeds)
     else:
@@ -300,6 +304,10 @@ def _derive(args) -> int:
   except (ValueError, KeyError, TypeError) as e:
     raise JaxnasError(f"{cfg_path} is not a jaxnas config.json ({e}); pass a run directory "
                       "written by 'jaxnas search'")
+  from jaxnas import progressive
+  keep_mask = progressive.load_keep_mask(run_dir)
+  if keep_mask is not None:  # a staged search (DrNAS): its last stage's operations per edge
+    recipe = recipe.replace(relaxation_options=relax_opts + (("keep_mask", keep_mask),))
   try:
     with np.load(alphas_path) as f:
       alphas = {k: f[k] for k in f.files}

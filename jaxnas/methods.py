@@ -16,6 +16,7 @@ import dataclasses
 import numbers
 from typing import Any, Optional
 
+from jaxnas import progressive as _progressive
 from jaxnas.errors import JaxnasError, unknown_name
 
 __all__ = ["Recipe", "Regularizer", "WeightOptimizer", "ArchOptimizer", "METHODS", "get",
@@ -129,6 +130,13 @@ class Recipe:
       ``mixing`` being the arch step's sample (ProxylessNAS' ``rescale-pair-logits``); None: none.
     space_options: keyword options for the search space's module that the method needs, e.g.
       NoisyDARTS' ``(("skip_noise", 0.2),)``.
+    stages: ``()`` for one search, or the stages of a staged search (DrNAS' progressive
+      schedule), each made by :func:`jaxnas.progressive.stage`: its share of the steps, the space
+      options it changes (``partial_channels``; ``space_options`` hold the first stage's), the
+      operations kept per edge from its start and its architecture warm-up. Each stage is a
+      supernet of its own shapes with its own compiled step; :func:`jaxnas.run.run_search` rebuilds
+      the state at each boundary (:mod:`jaxnas.progressive`). ``arch_warmup_epochs`` is then
+      unused: each stage has its own warm-up.
     weight_optimizer, arch_optimizer: optimiser settings.
     paper: reference for the method.
   """
@@ -149,6 +157,7 @@ class Recipe:
   arch_warmup_epochs: int = 0
   arch_update_hook: Optional[str] = None
   space_options: tuple = ()
+  stages: tuple = ()
   weight_optimizer: WeightOptimizer = WeightOptimizer()
   arch_optimizer: ArchOptimizer = ArchOptimizer()
   paper: str = ""
@@ -459,11 +468,25 @@ register(Recipe(
     name="d2nas",
     description="D2NAS: hard Gumbel-softmax op per edge without 'none' and exactly two input edges "
                 "per node (Gumbel-top-2, straight-through), only the sampled ops computed, τ 10 → "
-                "0.1, weight step first (branch cells not implemented)",
+                "0.1, weight step first (branch cells: d2nas-branch)",
     relaxation="d2nas",
     space_options=(("sampled", True),),
     arch_first=False,
     paper="D2NAS (the seed paper of issue 5); sampler after GDAS (Dong & Yang, CVPR 2019).",
+))
+
+register(Recipe(
+    name="d2nas-branch",
+    description="D2NAS with branch cells: d2nas' sampler (one op per edge, two input edges per "
+                "node); the cells' candidate operations keep their initial weights and only "
+                "their architecture is learnt, the weight step trains the backbone (stem, cell "
+                "preprocessing, classifier)",
+    relaxation="d2nas",
+    space_options=(("branch_cells", True), ("sampled", True)),
+    arch_first=False,
+    paper="Hou. Decoupled Differentiable Neural Architecture Search: Memory-Efficient "
+          "Differentiable NAS via Disentangled Search Space. ICML 2024 workshop (branch cells: "
+          "jaxnas' reading of the abstract, jaxnas.spaces.branch).",
 ))
 
 register(Recipe(
@@ -474,6 +497,26 @@ register(Recipe(
     relaxation="dirichlet",
     relaxation_options=(("prune_to", 4),),
     weight_optimizer=WeightOptimizer(lr=0.1),
+    arch_optimizer=ArchOptimizer(lr=6e-4),
+    paper="Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture Search. ICLR 2021.",
+))
+
+# DrNAS' progressive schedule as the reference runs it (REFERENCE §13, jaxnas.progressive):
+# stage 1 with partial channels K = 6 and all 7 ops, stage 2 rebuilt with K = 4 and the top 4 ops
+# per edge (mask fixed at the boundary), each stage's first 40% (10 of 25 epochs) weight-only.
+register(Recipe(
+    name="drnas-progressive",
+    description="DrNAS as the reference: Dirichlet(ELU(α)+1) without 'none', two stages (half the "
+                "search each): partial channels K = 6 with 7 ops, then K = 4 with the top 4 ops "
+                "per edge (weights widened, mask fixed); arch steps after 40% of each stage; "
+                "weight lr 0.1 cosine to 0, arch Adam 6e-4 (darts space, --channels a multiple "
+                "of 12; the paper: 36 channels, 20 cells)",
+    relaxation="dirichlet",
+    space_options=(("partial_channels", 6),),
+    stages=(_progressive.stage(0.5, arch_warmup=0.4),
+            _progressive.stage(0.5, space_options={"partial_channels": 4}, keep_ops=4,
+                               arch_warmup=0.4)),
+    weight_optimizer=WeightOptimizer(lr=0.1, lr_min=0.0),
     arch_optimizer=ArchOptimizer(lr=6e-4),
     paper="Chen, Wang, Cheng, Tang, Hsieh. DrNAS: Dirichlet Neural Architecture Search. ICLR 2021.",
 ))

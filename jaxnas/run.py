@@ -383,8 +383,12 @@ def prepare(cfg: SearchConfig, *, recipe=None) -> Plan:
   num_params = count_params(model, dataset.image_shape)
   from jaxnas import parallel
   parallel.check_batch_size(cfg.batch_size, parallel.make_mesh(cfg.devices))
-  return Plan(cfg, dataset, model, recipe, spe, total_steps, epochs, rule, stop_rule, eigen_every,
+  plan = Plan(cfg, dataset, model, recipe, spe, total_steps, epochs, rule, stop_rule, eigen_every,
               num_params)
+  if recipe.stages:  # a staged search (DrNAS' progressive schedule): every stage must build
+    from jaxnas import progressive
+    progressive.check_plan(plan)
+  return plan
 
 
 def write_config(run_dir: pathlib.Path, plan: Plan, **extra) -> dict:
@@ -617,6 +621,11 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   (:mod:`jaxnas.tb`). The alphas at the start, at every epoch's end and at the last step go to
   ``alphas_history/`` (:func:`save_alphas`), for ``jaxnas plot``.
 
+  A recipe with ``stages`` (DrNAS' progressive schedule, :mod:`jaxnas.progressive`) runs each stage
+  with its own supernet and compiled step; at a stage's first step the state is rebuilt (alphas
+  pruned, weights widened) and ``stages.json`` records the boundaries and the masks that
+  ``jaxnas derive`` applies. Checkpoints record the stage, so a resumed run continues in it.
+
   Args:
     cfg: the search.
     stdout: where the progress lines go (default ``sys.stdout``).
@@ -660,9 +669,17 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                                    steps_per_epoch=spe, epochs=epochs)
   from jaxnas import checkpoint, tb
   ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep)
+  staged = None
+  if recipe.stages:  # a staged search: one supernet and compiled step per stage
+    from jaxnas import progressive
+    staged = progressive.StagedRun(plan, run_dir)
   start, position = 0, None
   if resume and ckpts.latest_step() is not None:
+    if staged is not None:  # the checkpoint holds a state of its stage's shapes
+      state = staged.template(ckpts.latest_step(), jax.random.key(cfg.seed))
     state, position = ckpts.restore(state)
+    if staged is not None:
+      staged.restore(position)
     start = int(position["step"])
     if start > total_steps:
       raise JaxnasError(f"checkpoint {ckpts.path(start)} is at step {start}, past the run's "
@@ -672,10 +689,20 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                                            " (no checkpoint yet)"), file=stdout, flush=True)
   checkpoint_every = spe if cfg.checkpoint_every is None else cfg.checkpoint_every
   state = parallel.replicate(state, mesh)
-  step_fn = parallel.jit_step(
-      search.make_search_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
-                              eigen_every=eigen_every, jit=False), mesh)
-  relaxation = search.make_relaxation(recipe, model.op_names)
+
+  def compile_stage():
+    """``(plan, step, relaxation)`` of the current stage (of the whole search without stages)."""
+    p = plan if staged is None else staged.plan()
+    extra = {} if staged is None else {"arch_start": staged.arch_start()}
+    fn = parallel.jit_step(
+        search.make_search_step(p.model, p.recipe, steps_per_epoch=spe, epochs=epochs,
+                                eigen_every=eigen_every, jit=False, **extra), mesh)
+    return p, fn, search.make_relaxation(p.recipe, p.model.op_names)
+
+  plan, step_fn, relaxation = compile_stage()
+  if staged is not None:
+    staged.write()
+    print(staged.describe(), file=stdout, flush=True)
 
   def derive_now(alphas):
     return derive_genotype(plan, relaxation, alphas)
@@ -701,6 +728,10 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
     try:
       for i in range(start, end):
+        if staged is not None and staged.is_boundary(i):  # rebuild the state for the next stage
+          state = parallel.replicate(staged.advance(state), mesh)
+          plan, step_fn, relaxation = compile_stage()
+          print(staged.describe(), file=stdout, flush=True)
         train_batch, val_batch = (
             parallel.shard_batch({k: v[rows] for k, v in b.items()}, mesh)
             for b in data.search_batches(dataset, cfg.batch_size, seed=cfg.seed, step=i))
@@ -753,9 +784,11 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
             or (checkpoint_every and step % checkpoint_every == 0)):
           log.flush()
           writer.flush()  # what the checkpoint covers is on disk before it is
-          ckpts.save(step, state, _position(step, history, stopped_at, steps_done, returned_epoch,
-                                            last_eigen, last_eigen_step,
-                                            time.perf_counter() - t0))
+          position = _position(step, history, stopped_at, steps_done, returned_epoch, last_eigen,
+                               last_eigen_step, time.perf_counter() - t0)
+          if staged is not None:  # the stage and its masks, to resume in it
+            position["stages"] = staged.record()
+          ckpts.save(step, state, position)
         if stopped_at is not None:
           break
     finally:

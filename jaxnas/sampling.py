@@ -239,8 +239,9 @@ def d2nas_gumbel(alphas, key=None, *, op_names=None, progress=None, edges_per_no
     two-inputs-per-node guarantee;
   - one temperature :func:`gumbel_tau` (10 → 0.1) for both samplers; one sample per alpha leaf.
 
-  Not implemented: the paper's disentangled space with branch cells (whose architecture alone is
-  updated); this is the sampler on the ordinary DARTS and NAS-Bench-201 cells.
+  The paper's branch cells (whose architecture alone is updated) are a space option,
+  ``branch_cells`` (:mod:`jaxnas.spaces.branch`, recipe ``d2nas-branch``); this sampler is the
+  same with and without them.
 
   ``key=None`` gives ``softmax(alphas)`` over the non-excluded operations (derivation by top-2).
   """
@@ -274,16 +275,34 @@ def _prune_mask(a, keep, k, progress, prune_at):
   keep_b = jnp.broadcast_to(jnp.asarray(keep), a.shape)
   if k is None or progress is None:
     return keep_b
-  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= int(np.sum(keep)):
+  most = int(np.min(np.sum(keep, axis=-1)))
+  if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
     raise JaxnasError(f"dirichlet prune_to is {k!r}; it must be a whole number from 1 to the "
-                      f"{int(np.sum(keep))} operations sampled")
+                      f"{most} operations sampled")
   top = jax.lax.top_k(jnp.where(keep_b, a, -jnp.inf), k)[1]
   top_mask = jnp.sum(jax.nn.one_hot(top, a.shape[-1], dtype=a.dtype), axis=-2) > 0
   return jnp.where(jnp.asarray(progress) >= prune_at, top_mask & keep_b, keep_b)
 
 
+def _stage_masks(alphas, keep_mask, keeps):
+  """``keeps`` (per leaf) and'ed with a fixed per-edge mask ``keep_mask`` (``(name, rows)`` pairs)."""
+  if keep_mask is None:
+    return keeps
+  masks = dict(keep_mask)
+  if not isinstance(alphas, dict) or set(masks) != set(alphas):
+    raise JaxnasError(f"dirichlet keep_mask has entries {sorted(masks)} but the alphas "
+                      f"{sorted(alphas) if isinstance(alphas, dict) else type(alphas).__name__}")
+  leaves = jax.tree.leaves({k: np.asarray(masks[k], bool) for k in alphas})
+  out = []
+  for keep, m, a in zip(keeps, leaves, jax.tree.leaves(alphas)):
+    if m.shape != a.shape:
+      raise JaxnasError(f"dirichlet keep_mask has shape {m.shape} for alphas of shape {a.shape}")
+    out.append(np.broadcast_to(keep, m.shape) & m)
+  return out
+
+
 def dirichlet(alphas, key=None, *, op_names=None, progress=None, exclude=("none",),
-              prune_to: Optional[int] = None, prune_at: float = 0.5):
+              prune_to: Optional[int] = None, prune_at: float = 0.5, keep_mask=None):
   r"""DrNAS' Dirichlet relaxation (Chen, Wang, Cheng, Tang, Hsieh, ICLR 2021, §3).
 
   .. math:: \theta_e \sim \mathrm{Dir}(\beta_e),\quad \beta_e = \mathrm{ELU}(\alpha_e) + 1
@@ -298,26 +317,22 @@ def dirichlet(alphas, key=None, *, op_names=None, progress=None, exclude=("none"
   is exactly a sample of :math:`\mathrm{Dir}(\beta)` over the kept operations.
 
   The progressive schedule of the reference (2 stages × 25 epochs: partial channels K 6 → 4,
-  operations per edge 7 → 4, arch steps from stage-local epoch 10) is implemented in part:
-  ``prune_to=k`` keeps, once ``progress ≥ prune_at``, only the ``k`` largest alphas of each edge
-  (masked and renormalised, as ``utils.py:prune``). The reference fixes that mask once at the stage
-  boundary; jaxnas recomputes it from the current alphas at every step (the pruned logits get no
-  loss gradient, so the mask moves only if weight decay reorders them). Partial channels: the
-  DARTS space's ``partial_channels=K`` option (PC-DARTS' edges) composes with this relaxation at
-  one fixed K for the whole search, from Python:
-  ``methods.get("drnas").replace(space_options=(("partial_channels", 4),))`` (the recipe does not
-  set it, so that it also runs on NAS-Bench-201, which has no such option). Not implemented, and
-  why: the stage rebuild (K 6 → 4 changes every op's parameter shapes, so stage 2 is a network of
-  other shapes, with a step compiled anew, not a schedule inside one compiled step; how the
-  reference carries the weights across was not verified), and with it the arch warm-up counted
-  from each stage's start (stage-local epoch 10); a run can approximate it by hand as two searches,
-  the second starting from the first's alphas.
+  operations per edge 7 → 4, arch steps from stage-local epoch 10) is the recipe
+  ``drnas-progressive``: a staged search (:mod:`jaxnas.progressive`) whose second stage is a
+  rebuilt supernet; at the boundary the mask of the 4 largest alphas per edge is fixed once, as
+  the reference, and passed here as ``keep_mask`` (``(cell type, rows of booleans)`` pairs):
+  operations outside it get weight 0 and the others are renormalised (``utils.py:
+  process_step_vector``), which by the aggregation property is a sample of the Dirichlet over the
+  kept operations. The one-stage approximation stays available: ``prune_to=k`` keeps, once
+  ``progress ≥ prune_at``, only the ``k`` largest alphas of each edge, recomputed from the current
+  alphas at every step (recipe ``drnas``, which also runs on NAS-Bench-201).
 
   ``key=None`` gives ``softmax(alphas)`` over the kept operations: the reference derives its
   genotype from softmax(α), not from the Dirichlet mean.
   """
   leaves, treedef = jax.tree.flatten(alphas)
   keeps = [_op_mask(op_names, exclude, a.shape[-1], "dirichlet") for a in leaves]
+  keeps = _stage_masks(alphas, keep_mask, keeps)
   masks = [_prune_mask(a, m, prune_to, progress, prune_at) for a, m in zip(leaves, keeps)]
   if key is None:
     return jax.tree.unflatten(treedef, [
@@ -325,6 +340,9 @@ def dirichlet(alphas, key=None, *, op_names=None, progress=None, exclude=("none"
   keys = jax.random.split(key, len(leaves))
   out = []
   for a, m, k in zip(leaves, masks, keys):
+    # The sample restricted to the kept operations does not depend on the others' concentrations:
+    # stop their gradient, so that it is exactly 0 rather than rounding noise that Adam amplifies.
+    a = jnp.where(m, a, jax.lax.stop_gradient(a))
     conc = jax.nn.elu(a) + jnp.ones((), a.dtype)
     theta = jax.random.dirichlet(k, conc, dtype=a.dtype) * m.astype(a.dtype)
     out.append(theta / jnp.sum(theta, axis=-1, keepdims=True))

@@ -62,8 +62,13 @@ def epoch_cosine_schedule(lr: float, lr_min: float, *, steps_per_epoch: int, epo
 
 
 def make_optimizers(weight_opt: WeightOptimizer, arch_opt: ArchOptimizer, *, steps_per_epoch: int,
-                    epochs: int):
-  """The weights' and alphas' optax optimisers and the weight learning-rate schedule."""
+                    epochs: int, frozen: Callable | None = None):
+  """The weights' and alphas' optax optimisers and the weight learning-rate schedule.
+
+  ``frozen(params)`` (a space's ``frozen_weights``, e.g. D2NAS' branch cells,
+  :mod:`jaxnas.spaces.branch`), if given, marks weights that never move: their updates are zero
+  (``optax.set_to_zero``: no clipping share, weight decay or momentum); the others get the optimiser.
+  """
   schedule = epoch_cosine_schedule(weight_opt.lr, weight_opt.lr_min,
                                    steps_per_epoch=steps_per_epoch, epochs=epochs)
   w_parts = []
@@ -79,10 +84,23 @@ def make_optimizers(weight_opt: WeightOptimizer, arch_opt: ArchOptimizer, *, ste
   if arch_opt.weight_decay:
     a_parts.append(optax.add_decayed_weights(arch_opt.weight_decay))
   a_parts.append(optax.adam(arch_opt.lr, b1=arch_opt.b1, b2=arch_opt.b2, eps=arch_opt.eps))
-  return optax.chain(*w_parts), optax.chain(*a_parts), schedule
+  return _freeze(optax.chain(*w_parts), frozen), optax.chain(*a_parts), schedule
 
 
-def make_inner_optimizer(weight_opt: WeightOptimizer, schedule):
+def _freeze(tx, frozen):
+  """``tx`` on the weights ``frozen`` does not mark, zero updates on the others."""
+  if frozen is None:
+    return tx
+  labels = lambda params: jax.tree.map(lambda f: "frozen" if f else "train", frozen(params))
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def _frozen_weights(model):
+  """The space's ``frozen_weights(params) -> bool tree``, or None (every weight trained)."""
+  return getattr(model, "frozen_weights", None)
+
+
+def make_inner_optimizer(weight_opt: WeightOptimizer, schedule, frozen: Callable | None = None):
   r"""The weight optimiser as the unrolled estimators' inner step sees it: without clipping.
 
   DARTS' unrolled step (quark0/darts ``Architect._compute_unrolled_model``) is
@@ -98,7 +116,7 @@ def make_inner_optimizer(weight_opt: WeightOptimizer, schedule):
     parts.append(optax.add_decayed_weights(weight_opt.weight_decay))
   parts.append(optax.sgd(schedule, momentum=weight_opt.momentum or None,
                          nesterov=weight_opt.nesterov))
-  return optax.chain(*parts)
+  return _freeze(optax.chain(*parts), frozen)
 
 
 def cross_entropy(logits, labels):
@@ -130,9 +148,15 @@ def make_mixing_loss(model, batch_stats):
   """``loss(w, mixing, batch, key) -> (scalar, aux)``: the train-mode loss at given mixing weights.
 
   ``key`` (if not None) seeds the module's ``"noise"`` stream (``fold_in(key, 2)``), used by spaces
-  built with ``skip_noise`` (NoisyDARTS); other spaces ignore it.
+  built with ``skip_noise`` (NoisyDARTS); other spaces ignore it. Weights the space marks frozen
+  (``frozen_weights``, D2NAS' branch cells) enter through ``stop_gradient``: their gradient is
+  exactly zero and is not computed.
   """
+  frozen = _frozen_weights(model)
+
   def loss(w, mixing, batch, key):
+    if frozen is not None:
+      w = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, w, frozen(w))
     rngs = {} if key is None else {"noise": jax.random.fold_in(key, 2)}
     logits, new_vars = model.apply({"params": w, "batch_stats": batch_stats}, batch["image"],
                                    mixing, train=True, mutable=["batch_stats"], rngs=rngs)
@@ -316,7 +340,7 @@ def _where_tree(pred, new, old):
 def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int,
                      estimator: Callable | None = None, jit: bool = True, eigen_every: int = 0,
                      eigen_method: str = "auto", eigen_iters: int = 20,
-                     fuse_phases: bool | None = None):
+                     fuse_phases: bool | None = None, arch_start: int | None = None):
   r"""Builds ``search_step(state, train_batch, val_batch) -> (state, metrics)``.
 
   Relaxation: the recipe's relaxation bound to the space's ``op_names`` and to
@@ -377,6 +401,9 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
       4 cells, CPU under load: compile 117 s against 197 s), and not for NB201, whose step runs
       faster unfused (the fused step also computes the weight gradient in the arch phase and
       ran 3.5 s against 1.9 s in that measurement).
+    arch_start: the first step whose architecture update is applied, in place of
+      ``recipe.arch_warmup_epochs · steps_per_epoch`` (a staged search's warm-up counted from its
+      stage's start, :mod:`jaxnas.progressive`).
 
   Returns:
     The step function. It compiles once: shapes and dtypes fix everything else.
@@ -398,10 +425,13 @@ def make_search_step(model, recipe: Recipe, *, steps_per_epoch: int, epochs: int
     fuse_phases = getattr(model, "space_name", None) == "darts"
   if estimator is None:
     estimator = hypergrad.get(recipe.estimator, **options(recipe.estimator_options))
+  frozen = _frozen_weights(model)
   w_tx, a_tx, schedule = make_optimizers(recipe.weight_optimizer, recipe.arch_optimizer,
-                                         steps_per_epoch=steps_per_epoch, epochs=epochs)
-  inner_tx = make_inner_optimizer(recipe.weight_optimizer, schedule)
-  warmup_steps = recipe.arch_warmup_epochs * steps_per_epoch
+                                         steps_per_epoch=steps_per_epoch, epochs=epochs,
+                                         frozen=frozen)
+  inner_tx = make_inner_optimizer(recipe.weight_optimizer, schedule, frozen)
+  warmup_steps = (recipe.arch_warmup_epochs * steps_per_epoch if arch_start is None
+                  else arch_start)
   regs = _regularizers(recipe)
   perturbation, eps_schedule = _perturbation(recipe, steps_per_epoch, epochs)
 
@@ -660,6 +690,7 @@ def init_search_state(model, recipe: Recipe, key, image_shape, *, steps_per_epoc
   alphas = model.init_alphas(k_alpha)
   weights, batch_stats = init_variables(model, k_weights, image_shape, alphas)
   w_tx, a_tx, _ = make_optimizers(recipe.weight_optimizer, recipe.arch_optimizer,
+                                  frozen=_frozen_weights(model),
                                   steps_per_epoch=steps_per_epoch, epochs=epochs)
   state = SearchState(weights=weights, batch_stats=batch_stats, alphas=alphas,
                       w_opt_state=w_tx.init(weights), a_opt_state=a_tx.init(alphas),

@@ -12,11 +12,15 @@ from jaxnas.run import SearchConfig, run_search
 
 TINY = ["--channels", "2", "--cells", "1", "--batch-size", "8", "--no-compile-cache"]
 # Recipes whose space options need more channels (PC-DARTS: C/4 even in the reduction cell).
-_CHANNELS = {"pc-darts": ["--channels", "8"]}
+_CHANNELS = {"pc-darts": ["--channels", "8"], "drnas-progressive": ["--channels", "12"]}
+# Recipes whose space options exist on the DARTS space only (partial channels, branch cells).
+_DARTS_ONLY = ("drnas-progressive", "d2nas-branch")
 
 
 def _space_for(recipe):
-  """nb201 unless the recipe's derivation rule serves only the DARTS space."""
+  """nb201 unless the recipe's derivation rule or space options serve only the DARTS space."""
+  if recipe.name in _DARTS_ONLY:
+    return "darts"
   from jaxnas import derive, spaces
   model = spaces.get("nb201", channels=2, cells_per_stage=1, num_classes=10)
   rule = recipe.derivation or model.default_rule

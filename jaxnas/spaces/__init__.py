@@ -24,15 +24,23 @@ def get(name: str, **config):
 
   ``sampled=True`` (the sampling recipes' space option) gives the sampled-operation path of
   :mod:`jaxnas.spaces.sampled`: same parameters, only the sampled operations computed (DARTS; on
-  NAS-Bench-201 the full supernet that accepts two-path weights).
+  NAS-Bench-201 the full supernet that accepts two-path weights). ``branch_cells=True`` (DARTS
+  only; D2NAS) gives the same supernet with D2NAS' branch cells, whose candidate operations keep
+  their initial weights (:mod:`jaxnas.spaces.branch`).
   """
   if name not in SPACES:
     raise unknown_name("search space", name, SPACES)
-  known = {f.name for f in dataclasses.fields(SPACES[name])} | {"sampled"}
+  known = {f.name for f in dataclasses.fields(SPACES[name])} | {"sampled", "branch_cells"}
   unknown = sorted(set(config) - known)
   if unknown:  # e.g. PC-DARTS' partial_channels on nb201
     raise JaxnasError(f"the {name} space has no option {', '.join(unknown)} (a method's space "
                       f"options or a flag); use a space that has it, e.g. --space darts")
+  if config.pop("branch_cells", False):
+    if name != "darts":
+      raise JaxnasError("branch_cells (D2NAS) is an option of the darts space; add --space darts")
+    from jaxnas.spaces import branch  # noqa: PLC0415
+    return (branch.SampledBranchDartsSearchNetwork if config.pop("sampled", False)
+            else branch.BranchDartsSearchNetwork)(**config)
   if config.pop("sampled", False):
     from jaxnas.spaces import sampled  # noqa: PLC0415
     return {"darts": sampled.SampledDartsSearchNetwork,
