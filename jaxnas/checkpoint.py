@@ -162,9 +162,17 @@ class Checkpoints:
     self.directory = pathlib.Path(directory).absolute()
     self.keep = keep
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save at INFO
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    local = {}
+    if jax.process_count() > 1:
+      # A multi-process search writes from process 0 alone (host copies of the replicated
+      # state): orbax's cross-process barriers must then involve only this process.
+      me = jax.process_index()
+      self.directory.mkdir(parents=True, exist_ok=True)
+      local = dict(multiprocessing_options=ocp.options.MultiprocessingOptions(
+          primary_host=me, active_processes={me}))
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not local,
                                            enable_async_checkpointing=False,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True, **local)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def steps(self) -> list:
@@ -195,6 +203,8 @@ class Checkpoints:
     """
     ocp = self._ocp
     stored = _storable(state)
+    if jax.process_count() > 1:  # orbax refuses one process's jax.Arrays then: NumPy copies
+      stored = jax.device_get(stored)
     meta = {"format": FORMAT, "step": int(step), "signature": signature(stored),
             "digest": digest(stored), "position": encode(position)}
     self._manager.save(int(step), args=ocp.args.Composite(

@@ -108,6 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
   scale.add_argument("--dtype", default="float32",
                      help="activations' dtype: float32 (default) or bfloat16 (float32 master "
                           "weights and statistics)")
+  scale.add_argument("--coordinator", default=None, metavar="ADDR:PORT",
+                     help="several processes (hosts): process 0's address and a free port; give "
+                          "every process the same, with --num-processes and --process-id")
+  scale.add_argument("--num-processes", type=_int, default=None, metavar="N",
+                     help="several processes: how many take part")
+  scale.add_argument("--process-id", type=_int, default=None, metavar="I",
+                     help="several processes: this one's id, 0..N-1 (process 0 writes the run "
+                          "directory)")
+  scale.add_argument("--distributed", default=None, choices=["auto"],
+                     help="auto: let jax.distributed.initialize() find the processes (SLURM, "
+                          "Open MPI, Cloud TPU pods)")
   s.add_argument("--dry-run", action="store_true",
                  help="build the supernet, write config.json (with num_params) and stop")
   ck = s.add_argument_group("checkpoints", "RUN_DIR/checkpoints: the whole search state, atomic")
@@ -251,15 +262,45 @@ def _search_config(args):
                      keep=args.keep)
 
 
+def _join_processes(args) -> None:
+  """Joins a multi-process run if the flags ask for one, before anything touches a device.
+
+  ``jax.distributed.initialize`` must run before JAX starts its backends; combinations that
+  cannot work (an incomplete set of flags, --seeds or --resume with several processes) are refused
+  first, so that no process waits for a coordinator that will not come.
+  """
+  from jaxnas import parallel
+  options = parallel.distributed_options(args.coordinator, args.num_processes, args.process_id,
+                                         args.distributed)
+  if options is None:
+    return
+  if (options.get("num_processes") or 0) > 1:
+    for flag, given in (("--seeds", args.seeds is not None), ("--resume", args.resume),
+                        ("--save-trajectory", args.save_trajectory)):
+      if given:
+        raise JaxnasError(f"{flag} runs in one process; leave it out of a run with "
+                          "--num-processes > 1")
+  parallel.initialize(**options)  # connects the processes; the backends start later
+
+
 def _search(args) -> int:
   from jaxnas import run
   cfg = _search_config(args)
+  _join_processes(args)
   if args.resume:
     if args.out is None:
       raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
-    if args.seeds is not None:
-      raise JaxnasError("--resume continues one search; leave --seeds out")
-    resumed, recipe = run.resume_config(args.out)
+    from jaxnas import seeds
+    num_seeds = None
+    if seeds.seeds_of(args.out) is not None:  # a --seeds run: all its seeds continue
+      resumed, recipe, num_seeds = seeds.resume_config(args.out)
+      if args.seeds is not None and args.seeds != num_seeds:
+        raise JaxnasError(f"--seeds {args.seeds} conflicts with the run's {num_seeds} seeds; "
+                          "--resume continues all of them: leave --seeds out")
+    elif args.seeds is not None:
+      raise JaxnasError(f"{args.out} holds one search, not a --seeds run; leave --seeds out")
+    else:
+      resumed, recipe = run.resume_config(args.out)
     defaults = build_parser().parse_args(["search"])
     run.check_resume_flags(resumed, cfg, _search_config(defaults))
     cfg = dataclasses.replace(  # --checkpoint-every and --keep may change; else the run's values
@@ -268,7 +309,10 @@ def _search(args) -> int:
         keep=resumed.keep if args.keep == defaults.keep else args.keep)
     _xla_gpu_workaround(cfg.space)
     with _compile_cache(not args.no_compile_cache):
-      run.run_search(cfg, recipe=recipe, resume=True)
+      if num_seeds is not None:
+        seeds.run_seeds(cfg, num_seeds, recipe=recipe, resume=True)
+      else:
+        run.run_search(cfg, recipe=recipe, resume=True)
     return 0
   _xla_gpu_workaround(args.space)
   with _compile_cache(not args.no_compile_cache and not args.dry_run):

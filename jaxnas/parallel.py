@@ -12,7 +12,10 @@ the number of devices.
 Several hosts (processes) use the same code: :func:`initialize` calls
 ``jax.distributed.initialize``; the mesh then spans every process's devices, and each process
 passes only its own rows of the global batch (:func:`process_rows`) to :func:`shard_batch`, which
-assembles the global array with ``jax.make_array_from_process_local_data``.
+assembles the global array with ``jax.make_array_from_process_local_data``. ``jaxnas search
+--coordinator ADDR:PORT --num-processes N --process-id I`` (or ``--distributed auto``) does this
+from the command line (:func:`distributed_options`); only process 0 writes the run directory
+(:func:`writes_files`), from its own copy of the replicated state (:func:`local_copy`).
 """
 
 from __future__ import annotations
@@ -25,26 +28,82 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxnas.errors import JaxnasError
 
-__all__ = ["AXIS", "initialize", "barrier", "make_mesh", "replicated", "batch_sharding", "check_batch_size",
-           "process_rows", "shard_batch", "replicate", "jit_step", "to_host"]
+__all__ = ["AXIS", "initialize", "distributed_options", "barrier", "make_mesh", "replicated",
+           "batch_sharding", "check_batch_size", "process_rows", "shard_batch", "replicate",
+           "jit_step", "compile_then_meet", "to_host", "local_copy", "writes_files"]
 
 AXIS = "data"
 
 
-def initialize(coordinator_address: str, num_processes: int, process_id: int,
-               local_device_ids: Optional[list] = None) -> None:
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None, local_device_ids: Optional[list] = None) -> None:
   """Joins a multi-process run: ``jax.distributed.initialize`` with these arguments.
 
-  Call it once per process before any other JAX call. On SLURM or a Cloud TPU pod,
-  ``jax.distributed.initialize()`` without arguments finds them itself; pass them explicitly
-  elsewhere (e.g. two processes on one machine in the tests).
+  Call it once per process before anything touches a device. On SLURM, Open MPI or a Cloud TPU
+  pod, arguments left None are found by JAX from the cluster's environment (all None:
+  ``jax.distributed.initialize()``); pass them explicitly elsewhere (e.g. two processes on one
+  machine in the tests). Process ``p`` of ``P`` then reads rows ``[p·B/P, (p+1)·B/P)`` of every
+  global batch of ``B`` (:func:`process_rows`).
+
+  Raises:
+    JaxnasError: one line, for a process id outside ``0 .. num_processes - 1`` or when joining
+      fails (no coordinator at the address, no cluster found, JAX already started).
   """
-  if num_processes < 1 or not 0 <= process_id < num_processes:
+  if num_processes is not None and num_processes < 1:
+    raise JaxnasError(f"--num-processes must be a whole number ≥ 1, got {num_processes}")
+  if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
     raise JaxnasError(f"process id {process_id} must be in 0..{num_processes - 1} for "
                       f"{num_processes} processes")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes, process_id=process_id,
-                             local_device_ids=local_device_ids)
+  try:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id,
+                               local_device_ids=local_device_ids)
+  except Exception as e:  # ValueError (nothing found), RuntimeError, XlaRuntimeError (timeouts)
+    text = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise JaxnasError(f"cannot join the distributed run ({text}); check --coordinator, "
+                      "--num-processes and --process-id, and that process 0 runs") from None
+
+
+def distributed_options(coordinator: Optional[str], num_processes: Optional[int],
+                        process_id: Optional[int], mode: Optional[str]) -> Optional[dict]:
+  """The keyword arguments of :func:`initialize` the command line asks for; None: one process.
+
+  ``--coordinator ADDR:PORT --num-processes N --process-id I`` must come together (every process
+  gets the same address and count, its own id); ``--distributed auto`` lets JAX find whatever of
+  them is not given (SLURM, Open MPI, Cloud TPU pods). Checked before anything starts, so bad
+  input is one line and no process waits for a coordinator that will not come.
+
+  Raises:
+    JaxnasError: for an incomplete or impossible combination, in one line saying what to change.
+  """
+  given = {name: value for name, value in (("coordinator_address", coordinator),
+                                           ("num_processes", num_processes),
+                                           ("process_id", process_id)) if value is not None}
+  if mode is None and not given:
+    return None
+  if mode not in (None, "auto"):
+    raise JaxnasError(f"--distributed takes 'auto' (find the processes on SLURM or a TPU pod), "
+                      f"got {mode!r}")
+  if num_processes is not None and num_processes < 1:
+    raise JaxnasError(f"--num-processes must be a whole number ≥ 1, got {num_processes}")
+  if process_id is not None and process_id < 0:
+    raise JaxnasError(f"--process-id must be a whole number ≥ 0, got {process_id}")
+  if num_processes is not None and process_id is not None and process_id >= num_processes:
+    raise JaxnasError(f"--process-id {process_id} is not one of the {num_processes} processes; "
+                      f"give each process an id in 0..{num_processes - 1}")
+  if coordinator is not None:
+    host, sep, port = coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise JaxnasError(f"--coordinator {coordinator!r}: write ADDR:PORT, the address of process "
+                        "0 and a free port, e.g. 10.0.0.1:1234")
+  if mode is None:
+    missing = [flag for flag, value in (("--coordinator ADDR:PORT", coordinator),
+                                        ("--num-processes N", num_processes),
+                                        ("--process-id I", process_id)) if value is None]
+    if missing:
+      raise JaxnasError(f"a multi-process run needs {' and '.join(missing)} as well (or "
+                        "--distributed auto on SLURM or a TPU pod, where JAX finds them)")
+  return given
 
 
 def barrier(name: str, timeout_s: float = 1800.0) -> None:
@@ -157,3 +216,43 @@ def to_host(tree):
       return np.asarray(x.addressable_data(0))
     return np.asarray(x)
   return jax.tree.map(get, tree)
+
+
+def local_copy(tree):
+  """``tree`` with every array that spans several processes replaced by this process's copy.
+
+  A replicated array of a multi-process mesh cannot be read whole by one process
+  (``jax.device_get`` refuses it); its first addressable shard, on a local device, holds the whole
+  value. Process 0 reads the state this way to checkpoint it and evaluate it alone. Typed PRNG keys
+  go through their key data. With one process, ``tree`` itself.
+  """
+  if jax.process_count() == 1:
+    return tree
+
+  def get(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(get(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    return x.addressable_data(0)
+  return jax.tree.map(get, tree)
+
+
+def writes_files() -> bool:
+  """Whether this process writes the run directory: only process 0 of a multi-process run."""
+  return jax.process_index() == 0
+
+
+def compile_then_meet(step: Callable, *args, name: str = "compiled"):
+  """``step`` compiled for ``args``; with several processes, after every process has compiled.
+
+  XLA:CPU's gloo collectives give up after 30 s, so a process whose compile finished early must
+  not wait for the others inside the step's first all-reduce: each compiles
+  (``step.lower(*args).compile()``), then all meet at :func:`barrier`. With one process, ``step``
+  itself (compiled on its first call, as before).
+  """
+  if jax.process_count() == 1:
+    return step
+  compiled = step.lower(*args).compile()
+  barrier(name)
+  return compiled

@@ -327,6 +327,23 @@ def _jsonable(tree) -> dict:
   return {k: (v.item() if hasattr(v, "item") else v) for k, v in tree.items()}
 
 
+class _Discard:
+  """Stands in for the metrics log, the TensorBoard writer and the checkpoints in a process that
+  writes nothing (processes 1.. of a multi-process run): every method does nothing."""
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+_DISCARD = _Discard()
+
+
 class Plan(NamedTuple):
   """What :func:`prepare` works out from a config before anything is written or compiled."""
 
@@ -621,6 +638,12 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   (:mod:`jaxnas.tb`). The alphas at the start, at every epoch's end and at the last step go to
   ``alphas_history/`` (:func:`save_alphas`), for ``jaxnas plot``.
 
+  In a multi-process run (``jax.distributed`` initialised, :func:`jaxnas.parallel.initialize`)
+  every process runs this loop on its rows of each global batch and the replicated state; only
+  process 0 writes the run directory (the others print and return it unwritten). Each process
+  compiles the step, then all meet (:func:`jaxnas.parallel.compile_then_meet`), and they meet
+  again after each checkpoint process 0 writes. ``resume`` and ``save_trajectory`` are refused.
+
   A recipe with ``stages`` (DrNAS' progressive schedule, :mod:`jaxnas.progressive`) runs each stage
   with its own supernet and compiled step; at a stage's first step the state is rebuilt (alphas
   pruned, weights widened) and ``stages.json`` records the boundaries and the masks that
@@ -642,7 +665,13 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   plan = prepare(cfg, recipe=recipe)
   (cfg, dataset, model, recipe, spe, total_steps, epochs, rule, stop_rule, eigen_every,
    num_params) = plan
-  from jaxnas import data, derive, search, stopping
+  from jaxnas import data, derive, parallel, search, stopping
+  import jax
+  # Several processes (jax.distributed): all run the same loop; only process 0 writes files.
+  writes = parallel.writes_files()
+  if jax.process_count() > 1 and (resume or cfg.save_trajectory):
+    raise JaxnasError(f"{'--resume' if resume else '--save-trajectory'} runs in one process; "
+                      "leave it out of a multi-process run (--num-processes / --distributed)")
 
   if resume:
     if not cfg.out:
@@ -650,29 +679,33 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
     run_dir = pathlib.Path(cfg.out)
     if (run_dir / "summary.json").exists():
       raise JaxnasError(f"{run_dir} holds a finished search (summary.json); nothing to resume")
-  else:
+  elif writes:
     run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
-    write_config(run_dir, plan)
-  print(f"run directory: {run_dir}", file=stdout)
+    write_config(run_dir, plan, processes=jax.process_count())
+  else:  # process 1.. of a multi-process run: process 0 writes the run directory
+    run_dir = pathlib.Path(cfg.out) if cfg.out else _default_out(cfg)
+  print(f"run directory: {run_dir}" + ("" if writes else f" (written by process 0; this is "
+                                         f"process {jax.process_index()})"), file=stdout)
   print(f"{cfg.space} supernet, {num_params:,} weights; method {recipe.name} "
         f"(estimator {recipe.estimator}); {total_steps} steps of batch {cfg.batch_size} "
         f"({epochs} epochs of {spe})", file=stdout, flush=True)
   if cfg.dry_run:
     return run_dir
 
-  import jax
-  from jaxnas import parallel
   # One code path for 1 and N devices: state replicated, batch split (jaxnas.parallel).
   mesh = parallel.make_mesh(cfg.devices)
   rows = parallel.process_rows(cfg.batch_size, mesh)
   state = search.init_search_state(model, recipe, jax.random.key(cfg.seed), dataset.image_shape,
                                    steps_per_epoch=spe, epochs=epochs)
   from jaxnas import checkpoint, tb
-  ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep)
+  ckpts = checkpoint.Checkpoints(run_dir / "checkpoints", keep=cfg.keep) if writes else _DISCARD
   staged = None
   if recipe.stages:  # a staged search: one supernet and compiled step per stage
     from jaxnas import progressive
-    staged = progressive.StagedRun(plan, run_dir)
+    if jax.process_count() > 1:
+      raise JaxnasError(f"method {recipe.name!r} runs in stages, in one process only; leave "
+                        "--num-processes / --distributed out")
+    staged = progressive.StagedRun(plan, run_dir if writes else None)
   start, position = 0, None
   if resume and ckpts.latest_step() is not None:
     if staged is not None:  # the checkpoint holds a state of its stage's shapes
@@ -701,7 +734,8 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
 
   plan, step_fn, relaxation = compile_stage()
   if staged is not None:
-    staged.write()
+    if writes:
+      staged.write()
     print(staged.describe(), file=stdout, flush=True)
 
   def derive_now(alphas):
@@ -720,12 +754,17 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
   t_start = time.perf_counter()
   t0 = t_start - elapsed
   progress = _Progress(total_steps, spe)
-  writer = tb.ScalarWriter(run_dir, purge_step=start + 1 if resume else None)
+  writer = (tb.ScalarWriter(run_dir, purge_step=start + 1 if resume else None) if writes
+            else _DISCARD)
   compile_s = None
   end = total_steps if stopped_at is None else start  # a checkpoint of a stopped run: no steps
-  if start == 0:
-    save_alphas(run_dir, 0, state.alphas)
-  with open(run_dir / "metrics.jsonl", "a" if resume else "w") as log:
+  if start == 0 and writes:
+    save_alphas(run_dir, 0, parallel.to_host(state.alphas))
+  if start < end and jax.process_count() > 1:  # each process compiles, then all meet
+    step_fn = parallel.compile_then_meet(step_fn, state, *(
+        parallel.shard_batch({k: v[rows] for k, v in b.items()}, mesh)
+        for b in data.search_batches(dataset, cfg.batch_size, seed=cfg.seed, step=start)))
+  with open(run_dir / "metrics.jsonl", "a" if resume else "w") if writes else _DISCARD as log:
     try:
       for i in range(start, end):
         if staged is not None and staged.is_boundary(i):  # rebuild the state for the next stage
@@ -740,9 +779,9 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
           jax.block_until_ready(state)
           compile_s = time.perf_counter() - t_start
         step = i + 1
-        bad = int(jax.device_get(metrics["nonfinite"]))
+        bad = int(parallel.to_host(metrics["nonfinite"]))
         if bad:
-          m = _jsonable(jax.device_get(metrics))
+          m = _jsonable(parallel.to_host(metrics))
           m.update(step=step, epoch=math.ceil(step / spe),
                    time_s=round(time.perf_counter() - t0, 3))
           log.write(json.dumps(m) + "\n")
@@ -752,12 +791,13 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                             "search diverged: lower the learning rate or check the data")
         if cfg.save_trajectory and (step % cfg.save_trajectory == 0 or step == total_steps):
           trajectory.save_snapshot(run_dir, step, state)
-        if step % spe == 0 or step == total_steps:
-          save_alphas(run_dir, step, state.alphas)
+        if writes and (step % spe == 0 or step == total_steps):
+          save_alphas(run_dir, step, parallel.to_host(state.alphas))
         if eigen_every and step % eigen_every == 0:
-          last_eigen, last_eigen_step = float(jax.device_get(metrics["hessian_eigenvalue"])), step
+          last_eigen = float(parallel.to_host(metrics["hessian_eigenvalue"]))
+          last_eigen_step = step
         if step % cfg.log_every == 0 or step == total_steps:
-          m = _jsonable(jax.device_get(metrics))
+          m = _jsonable(parallel.to_host(metrics))
           m.update(step=step, epoch=math.ceil(step / spe),
                    time_s=round(time.perf_counter() - t0, 3))
           log.write(json.dumps(m) + "\n")
@@ -765,10 +805,10 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
           writer.scalars(step, m)
           progress.update(step, m)
         if stop_rule is not None and step % spe == 0 and step < total_steps:
-          alphas_now = jax.device_get(state.alphas)
+          alphas_now = parallel.to_host(state.alphas)
           genotype, mixing, derive_error = derive_now(alphas_now)
           if derive_error is None:  # else nothing derivable yet: the rule waits for an epoch
-            epoch_metrics = _jsonable(jax.device_get(metrics))
+            epoch_metrics = _jsonable(parallel.to_host(metrics))
             if eigen_every:  # the value computed at this epoch's end, else missing (NaN)
               epoch_metrics["hessian_eigenvalue"] = (last_eigen if last_eigen_step == step
                                                      else math.nan)
@@ -788,7 +828,9 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                                last_eigen_step, time.perf_counter() - t0)
           if staged is not None:  # the stage and its masks, to resume in it
             position["stages"] = staged.record()
-          ckpts.save(step, state, position)
+          ckpts.save(step, parallel.local_copy(state) if writes else None, position)
+          # The other processes wait here, not in the next step's all-reduce (gloo: 30 s).
+          parallel.barrier(f"checkpoint-{step}")
         if stopped_at is not None:
           break
     finally:
@@ -801,6 +843,11 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
     print(f"stopped after epoch {stopped_at} of {epochs}: stopping rule {recipe.stopping!r} fired "
           f"on genotype {history[-1].genotype}", file=stdout, flush=True)
 
+  if not writes:
+    print(f"process {jax.process_index()}: {steps_done} steps done; process 0 writes the "
+          f"results in {run_dir}", file=stdout, flush=True)
+    return run_dir
+  state = parallel.local_copy(state)  # several processes: evaluate process 0's copy alone
   alphas = jax.device_get(state.alphas)
   if returned_epoch is not None:
     np.savez(run_dir / "alphas-final.npz", **{k: np.asarray(v) for k, v in alphas.items()})

@@ -9,7 +9,8 @@ A search is a pure function of its seed: the seed fixes the initial alphas and w
 
 advances all N searches at once, and seed i's slice equals the single search run with seed i (to
 floating-point summation order; tested). ``jaxnas search --seeds N`` (:func:`run_seeds`) runs seeds
-``seed .. seed+N-1`` this way and writes one run directory per seed plus a summary.
+``seed .. seed+N-1`` this way and writes one run directory per seed plus a summary; the stacked
+state is checkpointed as one run's is, and ``jaxnas search --resume --out OUT`` continues all seeds.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pathlib
 import statistics
 import sys
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ from jaxnas import search
 from jaxnas.errors import JaxnasError
 
 __all__ = ["stack", "unstack", "init_seed_states", "make_seeds_step", "seed_batches",
-           "summarize", "run_seeds"]
+           "summarize", "run_seeds", "seeds_of", "resume_config", "SEEDS_FILE"]
 
 
 def stack(trees):
@@ -149,21 +151,99 @@ def _markdown(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None) -> pathlib.Path:
+SEEDS_FILE = "seeds.json"  # OUT/seeds.json marks the output of a --seeds run
+
+
+def seeds_of(run_dir) -> Optional[list]:
+  """The seeds of the ``--seeds`` run whose output is ``run_dir``; None for any other directory.
+
+  Raises:
+    JaxnasError: if ``run_dir`` is one seed's directory of a ``--seeds`` run (the seeds are one
+      program and resume together), or if its ``seeds.json`` cannot be read.
+  """
+  path = pathlib.Path(run_dir)
+  marker = path / SEEDS_FILE
+  if marker.is_file():
+    try:
+      seeds = [int(s) for s in json.loads(marker.read_text())["seeds"]]
+    except (ValueError, KeyError, TypeError) as e:
+      raise JaxnasError(f"{marker} is not a jaxnas seeds record ({type(e).__name__}); cannot "
+                        "resume") from None
+    if not seeds or seeds != list(range(seeds[0], seeds[0] + len(seeds))):
+      raise JaxnasError(f"{marker} lists seeds {seeds}, not a run of consecutive seeds; cannot "
+                        "resume")
+    return seeds
+  try:
+    record = json.loads((path / "config.json").read_text()).get("seeds")
+  except (OSError, ValueError, AttributeError):
+    return None
+  if isinstance(record, dict) and record.get("vmapped"):
+    raise JaxnasError(f"{path} is one seed of a --seeds run, whose seeds run as one program; "
+                      f"resume them all: --resume --out {path.parent}")
+  return None
+
+
+def resume_config(run_dir) -> tuple:
+  """``(cfg, recipe, num_seeds)`` of the ``--seeds`` run in ``run_dir``, to resume it.
+
+  The configuration is the first seed's ``config.json`` (:func:`jaxnas.run.resume_config`) with
+  ``cfg.out = run_dir``; the seeds run from ``cfg.seed``.
+
+  Raises:
+    JaxnasError: if ``run_dir`` is not the output of a ``--seeds`` run or cannot be read.
+  """
+  from jaxnas import run
+  seeds = seeds_of(run_dir)
+  if seeds is None:
+    raise JaxnasError(f"{pathlib.Path(run_dir) / SEEDS_FILE} not found; {run_dir} is not the "
+                      "output of 'jaxnas search --seeds N'")
+  cfg, recipe = run.resume_config(pathlib.Path(run_dir) / f"seed-{seeds[0]}")
+  return dataclasses.replace(cfg, out=str(run_dir), seed=seeds[0]), recipe, len(seeds)
+
+
+def _save_alphas(dirs: dict, step: int, states) -> None:
+  """Each seed's alphas of stacked ``states`` to its run directory's ``alphas_history/``."""
+  from jaxnas import parallel, run
+  alphas = parallel.to_host(states.alphas)
+  for j, s in enumerate(dirs):
+    run.save_alphas(dirs[s], step, {k: v[j] for k, v in alphas.items()})
+
+
+def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None, resume: bool = False
+              ) -> pathlib.Path:
   """Runs seeds ``cfg.seed .. cfg.seed + num_seeds - 1`` of ``cfg`` as one vmapped program.
 
   Writes ``OUT/seed-<s>/`` for each seed, a run directory as :func:`jaxnas.run.run_search` writes
-  it (``config.json``, ``metrics.jsonl``, ``alphas.npz``, ``genotype.json``, ``summary.json``), and
-  ``OUT/summary.json`` and ``OUT/summary.md`` (:func:`summarize`). Stopping rules, the Hessian
+  it (``config.json``, ``metrics.jsonl``, a TensorBoard events file, ``alphas_history/``,
+  ``alphas.npz``, ``genotype.json``, ``summary.json``), ``OUT/seeds.json`` (the seeds), and at the
+  end ``OUT/summary.json`` and ``OUT/summary.md`` (:func:`summarize`). Stopping rules, the Hessian
   eigenvalue and trajectories are per-run host logic and are refused with ``--seeds``.
 
+  Checkpoints go to ``OUT/checkpoints/`` as for one run (:mod:`jaxnas.checkpoint`): every
+  ``cfg.checkpoint_every`` steps (default: each epoch; 0: only at the end) and after the last
+  step, the newest ``cfg.keep`` kept. Each holds the stacked state of all seeds and the loop
+  position (the step; every seed's batches are a pure function of its seed and the step). With
+  ``resume=True`` the run in ``cfg.out`` continues from its newest checkpoint: each seed's
+  ``metrics.jsonl`` is cut back to that step and its TensorBoard curves purged after it, and the
+  run ends with the alphas one never interrupted ends with, bit for bit on one machine (the same
+  compiled program on the same inputs). Use :func:`resume_config` for ``cfg`` and ``recipe``.
+
+  Every step reports, per seed, whether its losses, gradients and updated parameters are finite
+  (:func:`jaxnas.search.nonfinite_mask`); the first step where one seed's are not ends the run
+  with one line naming the seed, the step, the quantity and the last good checkpoint.
+
   Raises:
-    JaxnasError: for a config that cannot work, before anything is written.
+    JaxnasError: for a config that cannot work, before anything is written; when resuming, for a
+      finished run or a checkpoint that cannot be restored, before anything is changed; for a
+      non-finite step; with several processes (``jax.distributed``): the seeds run in one.
   """
-  from jaxnas import data, parallel, run
+  from jaxnas import checkpoint, parallel, run, tb
   stdout = stdout or sys.stdout
   if isinstance(num_seeds, bool) or not isinstance(num_seeds, int) or num_seeds < 1:
     raise JaxnasError(f"--seeds must be a whole number ≥ 1, got {num_seeds}")
+  if jax.process_count() > 1:
+    raise JaxnasError("--seeds runs in one process; leave it out of a multi-process run (or run "
+                      "the seeds on one host, its devices through --devices)")
   plan = run.prepare(cfg, recipe=recipe)
   cfg, dataset, model, recipe = plan.cfg, plan.dataset, plan.model, plan.recipe
   for what, on in (("a stopping rule (--stopping none removes the recipe's)", plan.stop_rule),
@@ -173,16 +253,28 @@ def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None) -> pathlib.Path:
   mesh = parallel.make_mesh(cfg.devices)
   parallel.check_batch_size(cfg.batch_size, mesh)
   seeds = list(range(cfg.seed, cfg.seed + num_seeds))
-  stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  root = pathlib.Path(cfg.out) if cfg.out else pathlib.Path("runs") / (
-      f"{cfg.method}-{cfg.space}-{cfg.dataset}-seeds{seeds[0]}-{seeds[-1]}-{stamp}")
-  root = run._make_run_dir(root)
-  dirs = {}
-  for s in seeds:
-    dirs[s] = root / f"seed-{s}"
-    dirs[s].mkdir()
-    run.write_config(dirs[s], plan._replace(cfg=dataclasses.replace(cfg, seed=s)),
-                     seeds={"seeds": seeds, "vmapped": True})
+  if resume:
+    if not cfg.out:
+      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+    root = pathlib.Path(cfg.out)
+    if (root / "summary.json").exists():
+      raise JaxnasError(f"{root} holds a finished --seeds run (summary.json); nothing to resume")
+    if seeds_of(root) != seeds:
+      raise JaxnasError(f"{root / SEEDS_FILE} does not list seeds {seeds[0]}..{seeds[-1]}; "
+                        "resume with the run's own configuration")
+    dirs = {s: root / f"seed-{s}" for s in seeds}
+  else:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    root = pathlib.Path(cfg.out) if cfg.out else pathlib.Path("runs") / (
+        f"{cfg.method}-{cfg.space}-{cfg.dataset}-seeds{seeds[0]}-{seeds[-1]}-{stamp}")
+    root = run._make_run_dir(root)
+    (root / SEEDS_FILE).write_text(json.dumps({"seeds": seeds, "vmapped": True}) + "\n")
+    dirs = {}
+    for s in seeds:
+      dirs[s] = root / f"seed-{s}"
+      dirs[s].mkdir()
+      run.write_config(dirs[s], plan._replace(cfg=dataclasses.replace(cfg, seed=s)),
+                       seeds={"seeds": seeds, "vmapped": True})
   print(f"run directory: {root} ({num_seeds} seeds, one vmapped program)", file=stdout)
   print(f"{cfg.space} supernet, {plan.num_params:,} weights; method {recipe.name} "
         f"(estimator {recipe.estimator}); {plan.total_steps} steps of batch {cfg.batch_size}",
@@ -193,40 +285,77 @@ def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None) -> pathlib.Path:
   spe, epochs, total = plan.steps_per_epoch, plan.epochs, plan.total_steps
   states = init_seed_states(model, recipe, seeds, dataset.image_shape, steps_per_epoch=spe,
                             epochs=epochs)
+  ckpts = checkpoint.Checkpoints(root / "checkpoints", keep=cfg.keep)
+  start, elapsed = 0, 0.0
+  if resume and ckpts.latest_step() is not None:
+    states, position = ckpts.restore(states)
+    start, elapsed = int(position["step"]), float(position["elapsed_s"])
+    if start > total:
+      raise JaxnasError(f"checkpoint {ckpts.path(start)} is at step {start}, past the run's "
+                        f"{total} steps; it belongs to another run")
+  if resume:
+    print(f"resuming {num_seeds} seeds from step {start}" + (
+        f" ({ckpts.path(start)})" if start else " (no checkpoint yet)"), file=stdout, flush=True)
+    for s in seeds:
+      run._truncate_metrics(dirs[s] / "metrics.jsonl", start)
+  checkpoint_every = spe if cfg.checkpoint_every is None else cfg.checkpoint_every
   states = parallel.replicate(states, mesh)
   step_fn = parallel.jit_step(make_seeds_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
                                               jit=False), mesh, batch_axis=1)
   rows = parallel.process_rows(cfg.batch_size, mesh)
-  logs = {s: open(dirs[s] / "metrics.jsonl", "w") for s in seeds}
+  logs = {s: open(dirs[s] / "metrics.jsonl", "a" if resume else "w") for s in seeds}
+  writers = {s: tb.ScalarWriter(dirs[s], purge_step=start + 1 if resume else None)
+             for s in seeds}
+  if start == 0:
+    _save_alphas(dirs, 0, states)
   progress = run._Progress(total, spe)
-  t0, compile_s = time.perf_counter(), None
+  t_start = time.perf_counter()
+  t0, compile_s = t_start - elapsed, None
   try:
-    for i in range(total):
+    for i in range(start, total):
       train, val = seed_batches(dataset, cfg.batch_size, seeds, i)
       train, val = ({k: v[:, rows] for k, v in b.items()} for b in (train, val))
       states, metrics = step_fn(states, parallel.shard_batch(train, mesh, batch_axis=1),
                                 parallel.shard_batch(val, mesh, batch_axis=1))
       if compile_s is None:
         jax.block_until_ready(states)
-        compile_s = time.perf_counter() - t0
+        compile_s = time.perf_counter() - t_start
       step = i + 1
-      if step % cfg.log_every == 0 or step == total:
+      bad = parallel.to_host(metrics["nonfinite"])  # one bit mask per seed
+      logged = step % cfg.log_every == 0 or step == total
+      if logged or bad.any():
         m = parallel.to_host(metrics)
-        elapsed = round(time.perf_counter() - t0, 3)
+        now = round(time.perf_counter() - t0, 3)
+        rows_of = {}
         for j, s in enumerate(seeds):
-          row = {k: v[j].item() for k, v in m.items()}
-          bad = [k for k in ("train_loss", "val_loss") if not math.isfinite(row.get(k, 0.0))]
-          row.update(step=step, epoch=math.ceil(step / spe), time_s=elapsed)
-          logs[s].write(json.dumps(row) + "\n")
+          rows_of[s] = {k: v[j].item() for k, v in m.items()}
+          rows_of[s].update(step=step, epoch=math.ceil(step / spe), time_s=now)
+          logs[s].write(json.dumps(rows_of[s]) + "\n")
           logs[s].flush()
-          if bad:
-            raise JaxnasError(f"seed {s}, step {step}: {bad[0]} is {row[bad[0]]}; the search "
-                              f"diverged (lower the learning rate or check the data)")
+          if logged:
+            writers[s].scalars(step, rows_of[s])
+        for j, s in enumerate(seeds):
+          if bad[j]:
+            last = ckpts.latest_step()
+            raise JaxnasError(
+                f"seed {s}, step {step}: {search.describe_nonfinite(int(bad[j]), rows_of[s])} "
+                f"(last good checkpoint: {'none' if last is None else ckpts.path(last)}); the "
+                "search diverged: lower the learning rate or check the data")
         progress.update(step, {k: float(np.mean(v)) for k, v in m.items()})
+      if step % spe == 0 or step == total:
+        _save_alphas(dirs, step, states)
+      if step == total or (checkpoint_every and step % checkpoint_every == 0):
+        for s in seeds:  # what the checkpoint covers is on disk before it is
+          logs[s].flush()
+          writers[s].flush()
+        ckpts.save(step, states, {"step": step, "data_step": step,
+                                  "elapsed_s": time.perf_counter() - t0})
   finally:
     progress.close()
-    for f in logs.values():
+    ckpts.close()
+    for f in (*logs.values(), *writers.values()):
       f.close()
+  compile_s = 0.0 if compile_s is None else compile_s  # None: a resumed run had no step left
   search_s = time.perf_counter() - t0
 
   relaxation = search.make_relaxation(recipe, model.op_names)

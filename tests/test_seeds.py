@@ -1,4 +1,5 @@
-"""Several seeds in one vmapped program equal the single runs with those seeds."""
+"""Several seeds in one vmapped program equal the single runs with those seeds; a --seeds run is
+checkpointed and, interrupted and resumed, ends bit for bit as one never interrupted."""
 
 import json
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxnas import cli, data, methods, search, seeds, spaces
+from jaxnas.errors import JaxnasError
 
 SEEDS = (0, 1)
 STEPS, BATCH = 10, 8
@@ -131,3 +133,102 @@ def test_cli_seeds_writes_a_run_per_seed_and_a_summary(tmp_path):
   assert summary["val_accuracy_mean"] == pytest.approx(np.mean(accs))
   assert summary["val_accuracy_std"] == pytest.approx(np.std(accs, ddof=1))
   assert sum(summary["op_wins"]["normal"]["1<-0"].values()) == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints and --resume of a --seeds run.
+
+SEEDS_TINY = ["search", "--channels", "2", "--batch-size", "8", "--seeds", "2", "--seed", "4"]
+
+
+@pytest.fixture(scope="module")
+def dry_seeds(tmp_path_factory):
+  """A --seeds run's directory as --dry-run writes it (nothing compiled), and a single run's."""
+  root = tmp_path_factory.mktemp("dry")
+  assert cli.main([*SEEDS_TINY, "--steps", "4", "--dry-run", "--out", str(root / "s")]) == 0
+  assert cli.main(["search", "--channels", "2", "--batch-size", "8", "--steps", "4",
+                   "--dry-run", "--out", str(root / "one")]) == 0
+  return root
+
+
+def test_dry_run_marks_the_seeds_and_resume_reads_them(dry_seeds):
+  assert json.loads((dry_seeds / "s" / seeds.SEEDS_FILE).read_text())["seeds"] == [4, 5]
+  assert seeds.seeds_of(dry_seeds / "s") == [4, 5]
+  assert seeds.seeds_of(dry_seeds / "one") is None
+  cfg, recipe, n = seeds.resume_config(dry_seeds / "s")
+  assert (cfg.seed, n, cfg.steps, cfg.out, recipe.name) == (4, 2, 4, str(dry_seeds / "s"),
+                                                            "darts-1st")
+
+
+@pytest.mark.parametrize("where, flags, text", [
+    ("s/seed-5", [], "is one seed of a --seeds run, whose seeds run as one program; resume "
+                     "them all: --resume --out "),
+    ("s", ["--seeds", "3"], "--seeds 3 conflicts with the run's 2 seeds"),
+    ("s", ["--channels", "4"], "--channels 4 conflicts with the run's config.json"),
+    ("one", ["--seeds", "2"], "holds one search, not a --seeds run; leave --seeds out"),
+])
+def test_bad_seeds_resume_is_one_line_and_changes_nothing(dry_seeds, where, flags, text, capsys):
+  before = sorted(p.relative_to(dry_seeds) for p in dry_seeds.rglob("*"))
+  assert cli.main(["search", "--resume", "--out", str(dry_seeds / where), *flags]) == 2
+  err = capsys.readouterr().err
+  assert text in err and len(err.strip().splitlines()) == 1, err
+  assert sorted(p.relative_to(dry_seeds) for p in dry_seeds.rglob("*")) == before
+
+
+def test_damaged_seeds_record_is_one_line(tmp_path):
+  (tmp_path / seeds.SEEDS_FILE).write_text('{"seeds": [3, 7]}')
+  with pytest.raises(JaxnasError, match="not a run of consecutive seeds"):
+    seeds.seeds_of(tmp_path)
+  (tmp_path / seeds.SEEDS_FILE).write_text("{")
+  with pytest.raises(JaxnasError, match="is not a jaxnas seeds record"):
+    seeds.seeds_of(tmp_path)
+
+
+@pytest.mark.slow
+def test_interrupted_seeds_run_resumes_to_the_uninterrupted_run_bit_for_bit(tmp_path,
+                                                                            monkeypatch):
+  # One persistent compilation cache for the three runs: the step compiles once.
+  monkeypatch.setenv("JAXNAS_CACHE_DIR", str(tmp_path / "xla"))
+  argv = [*SEEDS_TINY, "--steps", "6", "--checkpoint-every", "2"]
+  whole, cut = tmp_path / "whole", tmp_path / "cut"
+  assert cli.main([*argv, "--out", str(whole)]) == 0
+
+  real = seeds.seed_batches
+
+  def interrupted(dataset, batch_size, seed_list, step):
+    if step == 5:  # steps 1..5 done and logged, the last checkpoint at step 4
+      raise KeyboardInterrupt
+    return real(dataset, batch_size, seed_list, step)
+
+  monkeypatch.setattr(seeds, "seed_batches", interrupted)
+  assert cli.main([*argv, "--out", str(cut)]) == 130
+  monkeypatch.setattr(seeds, "seed_batches", real)
+  steps_of = lambda d: sorted(int(p.name) for p in (d / "checkpoints").iterdir()
+                              if p.name.isdigit())
+  assert steps_of(cut) == [2, 4] and not (cut / "summary.json").exists()
+  lines = lambda d: [json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in lines(cut / "seed-4")] == [1, 2, 3, 4, 5]
+
+  assert cli.main(["search", "--resume", "--out", str(cut)]) == 0
+  assert steps_of(cut) == steps_of(whole) == [2, 4, 6]
+  strip = lambda ls: [{k: v for k, v in l.items() if k != "time_s"} for l in ls]
+  from jaxnas import run, tb
+  for s in (4, 5):
+    a_dir, b_dir = whole / f"seed-{s}", cut / f"seed-{s}"
+    with np.load(a_dir / "alphas.npz") as a, np.load(b_dir / "alphas.npz") as b:
+      assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    assert (a_dir / "genotype.json").read_text() == (b_dir / "genotype.json").read_text()
+    assert strip(lines(b_dir)) == strip(lines(a_dir))  # each step once, the same numbers
+    assert [m["step"] for m in lines(b_dir)] == [1, 2, 3, 4, 5, 6]
+    curves = tb.read_scalars(b_dir)
+    assert [st for st, _ in curves["train_loss"]] == [1, 2, 3, 4, 5, 6]
+    assert [v for _, v in curves["train_loss"]] == pytest.approx(
+        [m["train_loss"] for m in lines(a_dir)], rel=1e-6)  # events store float32
+    names = sorted(p.name for p in (a_dir / run.ALPHAS_HISTORY).iterdir())
+    assert names == sorted(p.name for p in (b_dir / run.ALPHAS_HISTORY).iterdir()) == [
+        "step_000000.npz", "step_000006.npz"]
+  # The seeds differ from one another, and the summaries agree.
+  with np.load(whole / "seed-4" / "alphas.npz") as a, np.load(whole / "seed-5" / "alphas.npz") as b:
+    assert np.abs(a["cell"] - b["cell"]).max() > 1e-5
+  sa, sb = (json.loads((d / "summary.json").read_text()) for d in (whole, cut))
+  assert sa["val_accuracy"] == sb["val_accuracy"] and sa["genotypes"] == sb["genotypes"]
