@@ -10,6 +10,7 @@ median, min and max over ``--repeats``. Ratios are jaxnas / PyTorch for the same
     python experiments/bench_step.py                                    # DARTS CIFAR-10 search size
     python experiments/bench_step.py --channels 8 --cells 5 --batch 16 --side 16   # small, on CPU
     python experiments/bench_step.py --only jax --methods darts-1st      # one side, one method
+    python experiments/bench_step.py --methods darts-1st darts-1st-plain # fused and plain first order
 
 Runs unchanged on a GPU: JAX takes its default device, PyTorch takes CUDA when it is available
 (``--torch-device`` overrides). Needs the ``bench`` extra (torch).
@@ -28,7 +29,13 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-TORCH_ORDER = {"darts-1st": "1st", "darts-2nd": "2nd", "darts-2nd-exact": "2nd"}
+TORCH_ORDER = {"darts-1st": "1st", "darts-1st-plain": "1st", "darts-2nd": "2nd",
+               "darts-2nd-exact": "2nd"}
+# darts-1st is what `jaxnas search --space darts` runs: the two-phase scan (one forward+backward in
+# the program, run twice), chosen for the DARTS space because it compiles in a fraction of the
+# time; darts-1st-plain is the same first-order step as two copies (make_search_step(fuse_phases=
+# False)), which compiles slower and runs faster on CPU.
+FUSE = {"darts-1st-plain": False}
 
 
 def _stats(times):
@@ -42,11 +49,11 @@ def bench_jax(args, method: str) -> dict:
   from jaxnas import methods, search, spaces
   model = spaces.get("darts", channels=args.channels, num_cells=args.cells, num_classes=10,
                      depthwise=args.depthwise)
-  recipe = methods.get(method)
+  recipe = methods.get(method.removesuffix("-plain"))
   shape = (args.side, args.side, 3)
   kw = dict(steps_per_epoch=100, epochs=50)
   state = search.init_search_state(model, recipe, jax.random.key(0), shape, **kw)
-  step = search.make_search_step(model, recipe, **kw)
+  step = search.make_search_step(model, recipe, fuse_phases=FUSE.get(method), **kw)
   batches = _batches(args)
   tb, vb = ({"image": x.transpose(0, 2, 3, 1), "label": y} for x, y in batches)  # NCHW → NHWC
   t = time.perf_counter()
@@ -115,7 +122,8 @@ def main(argv=None) -> None:
   p.add_argument("--side", type=int, default=32)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--warmup", type=int, default=1)
-  p.add_argument("--methods", nargs="+", default=list(TORCH_ORDER), choices=list(TORCH_ORDER))
+  p.add_argument("--methods", nargs="+", default=["darts-1st", "darts-2nd", "darts-2nd-exact"],
+                 choices=list(TORCH_ORDER))
   p.add_argument("--only", choices=["jax", "torch"], default=None)
   p.add_argument("--depthwise", default="lax", help="jaxnas depthwise form: lax, taps or vjp")
   p.add_argument("--torch-device", default=None, help="default: cuda if available, else cpu")

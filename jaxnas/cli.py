@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
   s.add_argument("--remat", default="none",
                  help="rematerialisation (jax.checkpoint): none (default), cell (every cell) or "
                       "op (every group of mixed ops): less memory, more compute, same numbers")
+  s.add_argument("--fuse-phases", default="auto", choices=["auto", "on", "off"],
+                 help="first-order step as one forward+backward run twice (on: compiles in about "
+                      "a third of the time, steps slower) or two copies (off: faster steps); "
+                      "auto (default): on for the darts space, off for nb201")
   pieces = s.add_argument_group(
       "pieces", "compose a method: any recipe takes another estimator, perturbation, stopping rule "
       "or extra regularisers")
@@ -252,6 +256,7 @@ def _search_config(args):
                      steps=args.steps, batch_size=args.batch_size, channels=args.channels,
                      cells=args.cells, seed=args.seed, out=args.out, log_every=args.log_every,
                      dry_run=args.dry_run, depthwise=args.depthwise, remat=args.remat,
+                     fuse_phases=args.fuse_phases,
                      cell_sharing=args.cell_sharing, init_genotype=args.init_genotype,
                      add_regularizers=tuple(args.add_regularizer),
                      estimator_options=tuple(args.estimator_option),
@@ -306,7 +311,8 @@ def _search(args) -> int:
     cfg = dataclasses.replace(  # --checkpoint-every and --keep may change; else the run's values
         resumed, checkpoint_every=(resumed.checkpoint_every if args.checkpoint_every is None
                                    else args.checkpoint_every),
-        keep=resumed.keep if args.keep == defaults.keep else args.keep)
+        keep=resumed.keep if args.keep == defaults.keep else args.keep,
+        fuse_phases=resumed.fuse_phases if args.fuse_phases == "auto" else args.fuse_phases)
     _xla_gpu_workaround(cfg.space)
     with _compile_cache(not args.no_compile_cache):
       if num_seeds is not None:

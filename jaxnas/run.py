@@ -28,6 +28,8 @@ RESULT_FILES = ("config.json", "metrics.jsonl", "alphas.npz", "genotype.json", "
 
 # Defaults per space when --channels / --cells are not given: small enough for a laptop CPU.
 _SPACE_DEFAULTS = {"nb201": dict(channels=8, cells=1), "darts": dict(channels=16, cells=8)}
+# --fuse-phases → search.make_search_step(fuse_phases=...): None lets it choose (on for darts).
+FUSE_PHASES = {"auto": None, "on": True, "off": False}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SearchConfig:
   dry_run: bool = False
   depthwise: str = "lax"
   remat: str = "none"  # rematerialisation: "none", "cell" or "op" (the space's remat option)
+  fuse_phases: str = "auto"  # first-order two-phase scan: "auto" (on for darts), "on" or "off"
   cell_sharing: Optional[str] = None  # darts: "type" (DARTS) or "none" (D-DARTS); None: recipe's
   init_genotype: Optional[str] = None  # darts, DARTOpti: a hand-made network (resnet18, resnet50)
   # Pieces added to the method's recipe from the command line (DESIGN §4, issue 4).
@@ -123,6 +126,8 @@ def validate(cfg: SearchConfig, *, recipe=None) -> None:
                         f"{cfg.cells}; leave --cells out or pass --cells {len(seq)}")
   if cfg.remat not in ("none", "cell", "op"):
     raise JaxnasError(f"--remat must be 'none', 'cell' or 'op', got {cfg.remat!r}")
+  if cfg.fuse_phases not in FUSE_PHASES:
+    raise JaxnasError(f"--fuse-phases must be 'auto', 'on' or 'off', got {cfg.fuse_phases!r}")
   for value, flag in ((cfg.eigen_every, "--eigen-every"),
                       (cfg.save_trajectory, "--save-trajectory")):
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -475,7 +480,8 @@ def write_results(run_dir: pathlib.Path, plan: Plan, relaxation, state, alphas, 
 # ------------------------------------------------------------------------------------------------
 # Resuming (issue 7): the config from config.json, the loop position in each checkpoint.
 
-_RESUME_OVERRIDES = ("out", "checkpoint_every", "keep", "dry_run")  # may differ on --resume
+# May differ on --resume (fuse_phases: the same step as another program, equal to float rounding).
+_RESUME_OVERRIDES = ("out", "checkpoint_every", "keep", "dry_run", "fuse_phases")
 
 
 def _tuples(value):
@@ -529,7 +535,8 @@ def check_resume_flags(cfg: SearchConfig, given: SearchConfig, defaults: SearchC
   """Raises a one-line error if ``given`` (the command line) sets a field unlike ``cfg`` (the run's).
 
   A field counts as set when it differs from ``defaults`` (the command line's own defaults);
-  ``--out``, ``--checkpoint-every`` and ``--keep`` may change on resume, nothing else may.
+  ``--out``, ``--checkpoint-every``, ``--keep`` and ``--fuse-phases`` may change on resume,
+  nothing else may.
   """
   for f in dataclasses.fields(SearchConfig):
     if f.name in _RESUME_OVERRIDES:
@@ -729,7 +736,8 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
     extra = {} if staged is None else {"arch_start": staged.arch_start()}
     fn = parallel.jit_step(
         search.make_search_step(p.model, p.recipe, steps_per_epoch=spe, epochs=epochs,
-                                eigen_every=eigen_every, jit=False, **extra), mesh)
+                                eigen_every=eigen_every, jit=False,
+                                fuse_phases=FUSE_PHASES[cfg.fuse_phases], **extra), mesh)
     return p, fn, search.make_relaxation(p.recipe, p.model.op_names)
 
   plan, step_fn, relaxation = compile_stage()

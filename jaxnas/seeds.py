@@ -301,7 +301,9 @@ def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None, resume: bool = F
   checkpoint_every = spe if cfg.checkpoint_every is None else cfg.checkpoint_every
   states = parallel.replicate(states, mesh)
   step_fn = parallel.jit_step(make_seeds_step(model, recipe, steps_per_epoch=spe, epochs=epochs,
-                                              jit=False), mesh, batch_axis=1)
+                                              jit=False,
+                                              fuse_phases=run.FUSE_PHASES[cfg.fuse_phases]),
+                              mesh, batch_axis=1)
   rows = parallel.process_rows(cfg.batch_size, mesh)
   logs = {s: open(dirs[s] / "metrics.jsonl", "a" if resume else "w") for s in seeds}
   writers = {s: tb.ScalarWriter(dirs[s], purge_step=start + 1 if resume else None)

@@ -58,6 +58,25 @@ def test_same_seed_gives_bit_identical_alphas(run_dirs):
     assert np.abs(a["cell"]).max() > 0
 
 
+def test_fuse_phases_on_is_the_same_search_as_the_default_two_copies(run_dirs, tmp_path,
+                                                                     monkeypatch):
+  # nb201 runs the first-order step as two copies by default; --fuse-phases on runs it as one
+  # forward+backward scanned over the two phases (search.phase_loop_update): another program,
+  # the same updates, so the alphas agree to float rounding after 3 steps.
+  from jaxnas import search
+  asked, make = [], search.make_search_step
+  monkeypatch.setattr(search, "make_search_step",
+                      lambda *a, **kw: asked.append(kw.get("fuse_phases")) or make(*a, **kw))
+  out = tmp_path / "fused"
+  assert cli.main(["search", *TINY, "--steps", "3", "--seed", "7", "--fuse-phases", "on",
+                   "--out", str(out)]) == 0
+  assert asked == [True]
+  assert json.loads((out / "config.json").read_text())["config"]["fuse_phases"] == "on"
+  with np.load(run_dirs[0] / "alphas.npz") as a, np.load(out / "alphas.npz") as b:
+    assert not np.array_equal(a["cell"], np.zeros_like(a["cell"]))
+    np.testing.assert_allclose(b["cell"], a["cell"], rtol=1e-4, atol=1e-6)
+
+
 def test_derive_reproduces_the_genotype(run_dirs, capsys):
   code, out, _ = _run(["derive", str(run_dirs[0])], capsys)
   assert code == 0
