@@ -4,16 +4,20 @@
     python experiments/bench_memory.py --batch 8 --channels 4 --cells 5 --size 16   # a quick check
     python experiments/bench_memory.py --entries darts-1st,darts-1st+cell --log LOG.jsonl
 
-Each entry is a recipe name, optionally ``+cell`` or ``+op`` for ``--remat cell|op``: the default
-list is ``darts-1st``, ``darts-2nd-exact``, ``pc-darts``, ``darts-1st+cell``, ``darts-1st+op``,
-``pc-darts+cell`` and, when registered, ``gdas``, ``d2nas``, ``drnas`` (a recipe that is not
-registered is skipped with a printed note). Nothing is initialised or run: the step is lowered on
+Each entry is a recipe name, optionally ``+cell`` or ``+op`` for ``--remat cell|op``, or, for the
+sampled recipes (gdas, d2nas, proxylessnas), ``+plain`` for the sampled path without its per-edge
+rematerialisation (``edge_remat=False``, the program before it; see
+:mod:`jaxnas.spaces.sampled`): the default list is ``darts-1st``, ``darts-2nd-exact``,
+``pc-darts``, ``darts-1st+cell``, ``darts-1st+op``, ``pc-darts+cell``, ``gdas``, ``gdas+plain``,
+``gdas+cell``, ``d2nas``, ``drnas`` (a recipe that is not registered is skipped with a printed
+note). Nothing is initialised or run: the step is lowered on
 shapes (``jax.ShapeDtypeStruct``) and compiled, and ``compiled.memory_analysis()`` gives XLA's
 buffer assignment: temp (intermediates), argument and output bytes, and the bytes that outputs
 alias donated arguments (the search state is donated, so the new state reuses the old one's
 buffers). ``peak = temp + argument + output − alias`` is what the step needs at once; the plain sum
-``temp + argument + output`` is printed too. On a GPU the step is also run once on zeros and the
-device's ``peak_bytes_in_use`` is reported.
+``temp + argument + output`` is printed too, and XLA's flop count of the step
+(``compiled.cost_analysis()["flops"]``), which shows what rematerialisation's recomputation costs.
+On a GPU the step is also run once on zeros and the device's ``peak_bytes_in_use`` is reported.
 
 The paper figures (D2NAS, Table 4, GPU memory at the same configuration) are printed beside ours:
 DARTS 9.4 GB, GDAS 3.1 GB, PC-DARTS 3.7 GB, D2NAS 2.1 GB. They are PyTorch allocator peaks on a GPU,
@@ -37,12 +41,12 @@ from jaxnas import methods, search, spaces
 
 PAPER_GB = {"darts-1st": 9.4, "gdas": 3.1, "pc-darts": 3.7, "d2nas": 2.1}
 DEFAULT_ENTRIES = ("darts-1st", "darts-2nd-exact", "pc-darts", "darts-1st+cell", "darts-1st+op",
-                   "pc-darts+cell", "gdas", "d2nas", "drnas")
+                   "pc-darts+cell", "gdas", "gdas+plain", "gdas+cell", "d2nas", "drnas")
 GB = 1e9
 
 
 def parse_entry(entry: str):
-  """``"recipe[+cell|+op]"`` as ``(recipe name, remat)``."""
+  """``"recipe[+cell|+op|+plain]"`` as ``(recipe name, remat)`` (``"plain"`` kept as is)."""
   name, _, remat = entry.partition("+")
   return name, remat or "none"
 
@@ -72,10 +76,15 @@ def measure(entry: str, args) -> dict | None:
     return None
   recipe = methods.get(name)
   opts = dict(methods.options(recipe.space_options))
-  if remat != "none":
+  if remat not in ("none", "plain"):
     opts["remat"] = remat
   model = spaces.get("darts", channels=args.channels, num_cells=args.cells, num_classes=10,
                      depthwise=args.depthwise, **opts)
+  if remat == "plain":
+    if not hasattr(model, "edge_remat"):
+      print(f"note: {entry}: +plain is for the sampled recipes; skipped", flush=True)
+      return None
+    model = model.clone(edge_remat=False)
   image_shape = (args.size, args.size, 3)
   spe, epochs = 100, 50
   state = state_shapes(model, recipe, image_shape, steps_per_epoch=spe, epochs=epochs)
@@ -88,13 +97,16 @@ def measure(entry: str, args) -> dict | None:
   compiled = lowered.compile()
   t2 = time.perf_counter()
   ma = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = (cost or {}).get("flops")
   temp, arg = ma.temp_size_in_bytes, ma.argument_size_in_bytes
   out, alias = ma.output_size_in_bytes, ma.alias_size_in_bytes
   row = {"entry": entry, "recipe": name, "remat": remat, "batch": args.batch,
          "channels": args.channels, "cells": args.cells, "size": args.size,
          "backend": jax.default_backend(), "device": str(jax.devices()[0].device_kind),
          "temp_bytes": temp, "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias,
-         "sum_bytes": temp + arg + out, "peak_bytes": temp + arg + out - alias,
+         "sum_bytes": temp + arg + out, "peak_bytes": temp + arg + out - alias, "flops": flops,
          "trace_s": round(t1 - t0, 1), "compile_s": round(t2 - t1, 1),
          "paper_gb": PAPER_GB.get(name) if remat == "none" else None}
   if jax.default_backend() == "gpu":
@@ -112,6 +124,10 @@ def _gb(x):
   return "—" if x is None else f"{x / GB:.3f}"
 
 
+def _gflop(x):
+  return "—" if x is None else f"{x / 1e9:.1f}"
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--batch", type=int, default=64)
@@ -126,7 +142,7 @@ def main(argv=None) -> int:
   print(f"one search step, DARTS space, batch {args.batch}, C={args.channels}, {args.cells} cells, "
         f"{args.size}×{args.size}×3, backend {jax.default_backend()}", flush=True)
   print("entry | peak GB (temp+arg+out−alias) | temp | arg | out | alias | device peak | paper GB | "
-        "compile s", flush=True)
+        "GFLOP | compile s", flush=True)
   for entry in args.entries.split(","):
     try:
       row = measure(entry.strip(), args)
@@ -136,9 +152,9 @@ def main(argv=None) -> int:
     if row is None:
       continue
     print(f"{row['entry']} | {_gb(row['peak_bytes'])} | {_gb(row['temp_bytes'])} | "
-          f"{_gb(row['argument_bytes'])} | {_gb(row['output_bytes'])} | {_gb(row['alias_bytes'])} | "
-          f"{_gb(row.get('device_peak_bytes'))} | {row['paper_gb'] or '—'} | {row['compile_s']}",
-          flush=True)
+          f"{_gb(row['argument_bytes'])} | {_gb(row['output_bytes'])} | "
+          f"{_gb(row['alias_bytes'])} | {_gb(row.get('device_peak_bytes'))} | "
+          f"{row['paper_gb'] or '—'} | {_gflop(row['flops'])} | {row['compile_s']}", flush=True)
     if args.log:
       with open(args.log, "a") as f:
         f.write(json.dumps(row) + "\n")

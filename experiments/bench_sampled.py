@@ -1,8 +1,10 @@
 """One DARTS edge group: the full mixed ops against the sampled-operation path (issue 5, GDAS).
 
-For ``DartsEdgeGroup`` (every op on every edge) and ``SampledEdgeGroup`` (only each edge's sampled
-op), in train mode, reports for the forward pass alone and for forward + backward (gradient in the
-weights and the mixing weights): XLA's flop count (``cost_analysis``) and temporary bytes
+For ``DartsEdgeGroup`` (every op on every edge, ``full``), ``SampledEdgeGroup`` (only each edge's
+sampled op, each edge rematerialised: the default, ``sampled``) and ``SampledEdgeGroup`` with
+``remat_edges=False`` (``sampled-plain``: the switch residuals kept, the program before edge
+rematerialisation), in train mode, reports for the forward pass alone and for forward + backward
+(gradient in the weights and the mixing weights): XLA's flop count (``cost_analysis``) and temporary bytes
 (``memory_analysis``) of the compiled program, which do not depend on the machine's load, the
 compile time, and the median and min of ``--repeats`` timed runs.
 
@@ -73,7 +75,8 @@ def main():
   p.add_argument("--ops", default="4,5,6,3", help="sampled op index per edge (DARTS_OPS order)")
   p.add_argument("--repeats", type=int, default=10)
   p.add_argument("--depthwise", default="lax", help="lax, taps or vjp (layers.depthwise_conv2d)")
-  p.add_argument("--only", choices=("full", "sampled", "both"), default="both")
+  p.add_argument("--only", default="full,sampled,sampled-plain",
+                 help="comma-separated groups: full, sampled, sampled-plain")
   p.add_argument("--out", default=None, help="append the rows to this JSONL file")
   a = p.parse_args()
   ops = [int(s) for s in a.ops.split(",")]
@@ -82,11 +85,13 @@ def main():
                   jnp.float32)
   w = jax.nn.one_hot(jnp.asarray(ops), 8, dtype=jnp.float32)
   models = {"full": DartsEdgeGroup(a.edges, a.channels, a.stride, a.depthwise),
-            "sampled": SampledEdgeGroup(a.edges, a.channels, a.stride, a.depthwise)}
+            "sampled": SampledEdgeGroup(a.edges, a.channels, a.stride, a.depthwise),
+            "sampled-plain": SampledEdgeGroup(a.edges, a.channels, a.stride, a.depthwise,
+                                              remat_edges=False)}
   variables = models["full"].init(jax.random.key(0), x, w, train=False)
   rows = []
   for name, model in models.items():
-    if a.only in (name, "both"):
+    if name in a.only.split(","):
       rows += measure(name, model, x, w, variables, a.repeats)
   if a.out:
     with open(a.out, "a") as f:

@@ -135,9 +135,11 @@ def _random_variables(model, x, w, seed):
 
 @pytest.fixture(scope="module")
 def edge_groups():
-  """The full and the sampled stride-2 edge group, compiled once each, on the same variables."""
+  """The full and the sampled stride-2 edge group (each edge rematerialised, the default, and
+  not: ``sampled_plain``), compiled once each, on the same variables."""
   full = DartsEdgeGroup(E, C, 2, dtype=jnp.float64)
   samp = SampledEdgeGroup(E, C, 2, dtype=jnp.float64)
+  plain = SampledEdgeGroup(E, C, 2, dtype=jnp.float64, remat_edges=False)
   x = jnp.asarray(np.random.default_rng(1).normal(size=(3, 6, 6, C)))
   w0 = jnp.zeros((E, 8))
   variables = _random_variables(full, x, w0, 0)
@@ -152,7 +154,8 @@ def edge_groups():
       return jnp.sum(out * cos), (out, new["batch_stats"])
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
 
-  return dict(full=make(full), sampled=make(samp), params=variables["params"], stats=stats,
+  return dict(full=make(full), sampled=make(samp), sampled_plain=make(plain),
+              params=variables["params"], stats=stats,
               same_layout=jax.tree.map(lambda a, b: a.shape == b.shape, variables, shapes_sampled))
 
 
@@ -160,11 +163,12 @@ def test_sampled_group_has_the_full_groups_parameters_and_statistics(edge_groups
   assert all(jax.tree.leaves(edge_groups["same_layout"]))
 
 
+@pytest.mark.parametrize("path", ["sampled", "sampled_plain"])
 @pytest.mark.parametrize("ops", [(0, 1), (2, 3), (4, 5), (6, 7)])
-def test_sampled_op_equals_the_full_mixed_op_at_that_one_hot(edge_groups, ops):
+def test_sampled_op_equals_the_full_mixed_op_at_that_one_hot(edge_groups, ops, path):
   w = jax.nn.one_hot(jnp.asarray(ops), 8, dtype=jnp.float64)
   (_, (out_f, stats_f)), (gp_f, gw_f) = edge_groups["full"](edge_groups["params"], w)
-  (_, (out_s, stats_s)), (gp_s, gw_s) = edge_groups["sampled"](edge_groups["params"], w)
+  (_, (out_s, stats_s)), (gp_s, gw_s) = edge_groups[path](edge_groups["params"], w)
   np.testing.assert_allclose(out_s, out_f, rtol=0, atol=1e-12)
   for a, b in zip(jax.tree.leaves(gp_s), jax.tree.leaves(gp_f)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-11)
@@ -186,10 +190,14 @@ def test_sampled_op_equals_the_full_mixed_op_at_that_one_hot(edge_groups, ops):
       np.testing.assert_allclose(moved["mean"][sl], expect["mean"][sl], atol=1e-12)
 
 
-def test_an_all_zero_row_computes_nothing(edge_groups):
+@pytest.mark.parametrize("path", ["sampled", "sampled_plain"])
+def test_an_all_zero_row_computes_nothing(edge_groups, path):
   w = jnp.zeros((E, 8)).at[0, 4].set(1.0)  # edge 1 not sampled (D2NAS)
-  (_, (out, _)), _ = edge_groups["sampled"](edge_groups["params"], w)
+  (_, (out, _)), (gp, gw) = edge_groups[path](edge_groups["params"], w)
   assert np.all(np.asarray(out)[..., 1, :] == 0) and np.any(np.asarray(out)[..., 0, :] != 0)
+  # ... and its slices of the weights get no gradient (edge 0's sep_conv_3x3 slice does).
+  assert np.all(np.asarray(gw)[1] == 0)
+  assert np.all(np.asarray(gp["sep3_pw1"])[1] == 0) and np.any(np.asarray(gp["sep3_pw1"])[0] != 0)
 
 
 # --- Recipes from the command line -----------------------------------------------------------------
@@ -211,3 +219,13 @@ def test_recipe_runs_two_steps_on_the_darts_space(name, tmp_path, capsys):
       assert np.isfinite(m[key]), (key, m[key])
   assert lines[-1]["alpha_grad_norm"] > 0
   assert (out / "genotype.json").is_file()
+
+
+@pytest.mark.slow
+def test_gdas_runs_two_steps_with_cell_remat(tmp_path, capsys):
+  out = tmp_path / "run"
+  code = cli.main(["search", "--method", "gdas", *TINY, "--remat", "cell", "--out", str(out)])
+  assert code == 0, capsys.readouterr().err
+  lines = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+  assert [m["step"] for m in lines] == [1, 2]
+  assert all(np.isfinite(m["train_loss"]) for m in lines) and lines[-1]["alpha_grad_norm"] > 0

@@ -21,6 +21,10 @@ Chen et al., 2016, "Training deep nets with sublinear memory cost", with the sch
 convention, the module counted as argument 0), so parameters, mutable ``batch_stats`` and RNG
 streams pass through as with ``nn.remat``.
 
+:func:`late_switch` applies the same rule to a ``lax.switch`` (the sampled path's edges,
+:mod:`jaxnas.spaces.sampled`): it keeps the index and the operands, and its backward pass is one
+switch whose taken branch recomputes itself and applies its VJP.
+
 Being a custom VJP, the wrapped function supports reverse mode and forward-over-reverse (the
 Hessian-vector products ``jax.jvp(jax.grad(f))`` of ``darts-2nd-exact``, ``jaxnas.eigen`` and
 ``jax.hessian``; tested), but not ``jax.jvp`` of the function itself, which jaxnas does not use.
@@ -36,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax.core import lift
 
-__all__ = ["late_checkpoint", "remat"]
+__all__ = ["late_checkpoint", "late_switch", "remat"]
 
 
 def _is_float(x):
@@ -113,6 +117,67 @@ def late_checkpoint(fun, static_argnums: Sequence[int] = ()):
     converted, consts = jax.closure_convert(pure, *dyn)
     return _call(converted, *dyn, *consts)
   return wrapped
+
+
+def late_switch(index, branches, *operands):
+  r"""``lax.switch(index, branches, *operands)`` whose backward pass recomputes the branch taken.
+
+  The forward pass computes :math:`y = f_i(x)` and keeps only :math:`i` and :math:`x`; the
+  backward pass waits for :math:`\bar y` (as :func:`late_checkpoint`) and runs one switch whose
+  branch :math:`k` recomputes :math:`f_k` and returns :math:`\bar x = \partial f_k(x)^\top
+  \bar y`. Same values and gradients as ``lax.switch``; what differs from
+  ``late_checkpoint(lambda i, *x: lax.switch(i, branches, *x))`` is the backward program: there
+  JAX linearises the whole switch, a forward switch that hands every branch's residuals (merged
+  by shape, the unused ones filled with empty values) to a second, transposed switch; here each
+  branch's residuals stay inside that branch and the backward pass holds one switch, not two.
+
+  Args:
+    index: integer scalar, clamped to the branches as ``lax.switch`` does.
+    branches: functions of ``*operands`` with outputs of one structure; they may close over
+      traced values (hoisted by ``jax.closure_convert``).
+    *operands: pytrees of floating-point arrays.
+
+  Returns:
+    ``branches[index](*operands)``.
+  """
+  converted = [jax.closure_convert(branch, *operands) for branch in branches]
+  fns = tuple(fn for fn, _ in converted)
+  consts = tuple(tuple(c) for _, c in converted)
+  return _switch(fns, index, operands, consts)
+
+
+def _branch(fns, k):
+  return lambda operands, consts: fns[k](*operands, *consts[k])
+
+
+def _plain_switch(fns, index, operands, consts):
+  return jax.lax.switch(index, [_branch(fns, k) for k in range(len(fns))], operands, consts)
+
+
+_switch = functools.partial(jax.custom_vjp, nondiff_argnums=(0,))(_plain_switch)
+
+
+def _switch_fwd(fns, index, operands, consts):
+  # The plain switch, not _switch: forward-over-reverse differentiates this function.
+  return _plain_switch(fns, index, operands, consts), (index, operands, consts)
+
+
+def _switch_bwd(fns, res, ct):
+  index, operands, consts = res
+  operands, consts = _after((operands, consts), ct)  # the recomputation waits for ct
+
+  def vjp_branch(k):
+    def run(operands, consts, ct):
+      _, vjp = jax.vjp(_branch(fns, k), operands, consts)
+      return vjp(ct)
+    return run
+
+  d_operands, d_consts = jax.lax.switch(index, [vjp_branch(k) for k in range(len(fns))],
+                                        operands, consts, ct)
+  return None, d_operands, d_consts  # None: the integer index has no cotangent
+
+
+_switch.defvjp(_switch_fwd, _switch_bwd)
 
 
 def _lifted_late_checkpoint(fn, variables=True, rngs=True, static_argnums=()):

@@ -31,6 +31,24 @@ baseline :math:`-\\sum \\partial L/\\partial y` on the sampled gate's gradient. 
 the gradient is then the straight-through gradient of the mixed op restricted to the computed
 operation, and unsampled D2NAS edges get none.
 
+Memory (the default, ``edge_remat=True``): each edge's switch, gate product included, is one
+:func:`jaxnas.spaces.remat.late_switch`: the forward pass keeps only the edge's inputs (the state
+``x``, which the node sums keep anyway, the edge's slices of the parameters and statistics, its
+mixing row, the sampled index) and the backward pass, once the edge's output cotangent exists, runs
+one switch whose branch recomputes the sampled operation and applies its VJP (the late-checkpoint
+rule of :mod:`jaxnas.spaces.remat`). Without it an edge keeps the residuals of its ``lax.switch``,
+and JAX sizes those for *every* branch (the union of the branches' residuals, merged by shape), so
+each edge holds what its most residual-hungry operation (``sep_conv_5x5``) would need whatever was
+sampled, and an edge D2NAS did not sample holds as much as one it did: at D2NAS Table 4's
+configuration a GDAS step needed 3.53 GB of XLA:CPU temporaries that way, above the paper's 3.1 GB
+(experiments/RESULTS.md gives the figures with and without, and the flops the recomputation costs:
+one more forward of the sampled operations). This departs from GDAS' code, which keeps the sampled
+op's activations (PyTorch allocates them dynamically, so it never pays for the unsampled ones);
+XLA's buffers are static, so jaxnas recomputes instead. ``remat="op"`` is this same rule (the
+sampled op is the edge's only op), ``remat="cell"`` rematerialises each cell on top of it
+(:func:`jaxnas.spaces.remat.remat`); ``edge_remat=False`` (Python only, for measurements) gives the
+program without it. Numbers do not change (tests/test_gumbel.py, tests/test_remat.py).
+
 Batch statistics: only the computed operations' running statistics move; the pools' batch norms
 are shared by the edges of a group (as in the full supernet, where their outputs are identical), so
 a pool sampled on two edges of one group moves its statistics twice in a step.
@@ -50,19 +68,21 @@ import jax.numpy as jnp
 
 from jaxnas.errors import JaxnasError
 from jaxnas.sampling import INACTIVE
-from jaxnas.spaces.darts import (_EDGES_FROM, DARTS_EDGES, DARTS_OPS, NUM_NODES, DartsSearchNetwork,
-                                 Preprocess, reduction_indices)
+from jaxnas.spaces.darts import (_EDGES_FROM, DARTS_EDGES, DARTS_OPS, NUM_NODES, REMAT_MODES,
+                                 DartsSearchNetwork, Preprocess, reduction_indices)
 from jaxnas.spaces.nb201 import NB201SearchNetwork
 from jaxnas.spaces.layers import (BatchNorm, avg_pool_3x3, conv2d, depthwise_conv2d,
                                   max_pool_3x3, torch_uniform)
+from jaxnas.spaces.remat import late_switch, remat
 
-__all__ = ["SampledDartsSearchNetwork", "GatedNB201SearchNetwork", "SampledEdgeGroup", "darts_op", "SUPPORTED_OPTIONS"]
+__all__ = ["SampledDartsSearchNetwork", "GatedNB201SearchNetwork", "SampledEdgeGroup", "darts_op",
+           "sampled_edge_fn", "SUPPORTED_OPTIONS"]
 
 Dtype = Any
 _MOMENTUM, _EPSILON = 0.1, 1e-5  # layers.BatchNorm's (PyTorch's) defaults
 SHARED_BN = ("max_pool_bn", "avg_pool_bn")
 SUPPORTED_OPTIONS = ("channels", "num_cells", "num_classes", "depthwise", "dtype", "op_names",
-                     "parent", "name")
+                     "remat", "parent", "name")
 
 
 def batch_norm(y, mean, var, train: bool):
@@ -161,7 +181,8 @@ class SampledEdgeGroup(nn.Module):
 
   Same parameters and statistics as :class:`jaxnas.spaces.darts.DartsEdgeGroup`. ``weights`` is
   ``(E, 8)``; ``inactive`` (two-path mode) a ``(E, 8)`` one-hot of each edge's second operation, or
-  None. Returns shape ``(B, H', W', E, C)``.
+  None. ``remat_edges``: each edge's switch is a :func:`jaxnas.spaces.remat.late_switch` (see the
+  module docstring). Returns shape ``(B, H', W', E, C)``.
   """
 
   num_edges: int
@@ -169,6 +190,7 @@ class SampledEdgeGroup(nn.Module):
   stride: int
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
+  remat_edges: bool = True
 
   def _declare(self, cin):
     e, c, s = self.num_edges, self.channels, self.stride
@@ -198,19 +220,14 @@ class SampledEdgeGroup(nn.Module):
     pool_st = jnp.stack([jnp.stack(store.get()) for store in shared])
     edge_st = jnp.stack([jnp.stack(store.get()).reshape(2, e, c) for store in per_edge], axis=2)
     wt = weights.astype(self.dtype)
-    edge_op = _edge_op_fn(s, train, self.depthwise, edge_names)
+    edge = sampled_edge_fn(s, train, self.depthwise, edge_names, two_paths=inactive is not None,
+                           remat=self.remat_edges)
     outs, new_edge = [], []
     for j in range(e):
       p_j = {name: value[j] for name, value in params.items()}
-      st_j = edge_st[:, j]
-      i = jnp.argmax(jax.lax.stop_gradient(wt[j]))
-      y, pool_st, st_j = edge_op(i, x, p_j, pool_st, st_j)
-      if inactive is None:
-        outs.append((1 + (wt[j, i] - jax.lax.stop_gradient(wt[j, i]))) * y)
-      else:
-        b = jnp.argmax(inactive[j])
-        y_b, pool_st, st_j = edge_op(b, x, p_j, pool_st, st_j)
-        outs.append(wt[j, i] * y + wt[j, b] * y_b)
+      rows = (wt[j],) if inactive is None else (wt[j], inactive[j])
+      y, pool_st, st_j = edge(x, p_j, pool_st, edge_st[:, j], *rows)
+      outs.append(y)
       new_edge.append(st_j)
     if train and not self.is_initializing():
       for k, store in enumerate(shared):
@@ -221,17 +238,74 @@ class SampledEdgeGroup(nn.Module):
     return jnp.stack(outs, axis=-2)
 
 
-def _edge_op_fn(stride: int, train: bool, depthwise: str, edge_names):
-  r"""``edge_op(i, x, p, pool_st, edge_st) -> (o_i(x), pool_st', edge_st')``: one edge's sampled op.
+def sampled_edge_fn(stride: int, train: bool, depthwise: str, edge_names, *, two_paths: bool,
+                    remat: bool = False):
+  r"""One edge's sampled output as a pure function of arrays.
 
-  One ``lax.switch`` over the eight DARTS operations. Only small arrays cross it besides ``x`` and
-  the edge's parameters: the pools' statistics ``(2, 2, Cin)`` and the edge's own ``(2, n, C)``
-  (mean and var of its ``n`` batch norms); each branch rewrites only its own rows.
+  One path, ``edge(x, p, pool_st, edge_st, w)`` with mixing row ``w`` (8,):
+  :math:`i = \arg\max_k w_k` and :math:`y = (1 + w_i - \mathrm{sg}(w_i))\, o_i(x)`, the value
+  of :math:`o_i(x)` with :math:`\partial L/\partial w_i = \langle \partial L/\partial y,
+  o_i(x)\rangle` (GDAS' straight-through estimator, Dong & Yang, CVPR 2019, restricted to the
+  computed op; see the module docstring for the departure from their code). Two paths
+  (ProxylessNAS, Cai et al., ICLR 2019), ``edge(x, p, pool_st, edge_st, w, other)`` with the
+  second path's one-hot ``other``: :math:`y = w_a o_a(x) + w_b o_b(x)`, ``a``, ``b`` the argmaxes
+  of ``w`` and ``other``. Returns ``(y, pool_st', edge_st')`` (statistics as :func:`_op_branches`).
 
-  Not rematerialised: JAX linearises a ``cond`` by giving every branch the union of all branches'
-  residuals, but merged by shape (``_merge_branch_residuals``: one buffer per shape, as many as
-  the branch needing most) and left unfilled, so it costs little; wrapping the switch in
-  ``jax.checkpoint`` was measured (experiments/RESULTS.md) to add flops and save no memory.
+  ``remat``: each switch is a :func:`jaxnas.spaces.remat.late_switch`, whose branch ``k``
+  computes the gated :math:`g_k\, o_k(x)` (:math:`g_k = 1 + w_k - \mathrm{sg}(w_k)`, or
+  :math:`w_k` for two paths), so nothing of the edge but its inputs is kept for the backward
+  pass, not even :math:`o_i(x)` for the gate's gradient. Without it the switch is plain and the
+  gate multiplies its output (the program measured before, ``edge_remat=False``).
+  """
+  ops = _op_branches(stride, train, depthwise, edge_names)
+  if remat:
+    def gated(k, straight_through):
+      def run(x, p, pool_st, edge_st, w):
+        y, pool_st, edge_st = ops[k](x, p, pool_st, edge_st)
+        g = 1 + (w[k] - jax.lax.stop_gradient(w[k])) if straight_through else w[k]
+        return g * y, pool_st, edge_st
+      return run
+
+    one = [gated(k, True) for k in range(len(ops))]
+    two = [gated(k, False) for k in range(len(ops))]
+
+    def one_path(x, p, pool_st, edge_st, w):
+      return late_switch(jnp.argmax(jax.lax.stop_gradient(w)), one, x, p, pool_st, edge_st, w)
+
+    def two_path(x, p, pool_st, edge_st, w, other):
+      a, b = jnp.argmax(jax.lax.stop_gradient(w)), jnp.argmax(other)
+      y_a, pool_st, edge_st = late_switch(a, two, x, p, pool_st, edge_st, w)
+      y_b, pool_st, edge_st = late_switch(b, two, x, p, pool_st, edge_st, w)
+      return y_a + y_b, pool_st, edge_st
+  else:
+    def one_path(x, p, pool_st, edge_st, w):
+      i = jnp.argmax(jax.lax.stop_gradient(w))
+      y, pool_st, edge_st = jax.lax.switch(i, ops, x, p, pool_st, edge_st)
+      return (1 + (w[i] - jax.lax.stop_gradient(w[i]))) * y, pool_st, edge_st
+
+    def two_path(x, p, pool_st, edge_st, w, other):
+      a, b = jnp.argmax(jax.lax.stop_gradient(w)), jnp.argmax(other)
+      y, pool_st, edge_st = jax.lax.switch(a, ops, x, p, pool_st, edge_st)
+      y_b, pool_st, edge_st = jax.lax.switch(b, ops, x, p, pool_st, edge_st)
+      return w[a] * y + w[b] * y_b, pool_st, edge_st
+
+  return two_path if two_paths else one_path
+
+
+def _op_branches(stride: int, train: bool, depthwise: str, edge_names):
+  r"""The eight ``op_k(x, p, pool_st, edge_st) -> (o_k(x), pool_st', edge_st')``, DARTS_OPS order.
+
+  The branches of one edge's ``lax.switch``. Only small arrays cross it besides ``x`` and the
+  edge's parameters: the pools' statistics ``(2, 2, Cin)`` and the edge's own ``(2, n, C)`` (mean
+  and var of its ``n`` batch norms); each branch rewrites only its own rows.
+
+  Differentiated as a plain ``lax.switch``, JAX linearises it by giving every branch the union of
+  all branches' residuals, merged by shape and dtype (for each, as many buffers as the branch
+  needing most of them; the others are filled with empty values, ``_join_cond_outputs``), so the
+  edge keeps at least its largest branch's residuals whatever was sampled. Under
+  :func:`jaxnas.spaces.remat.late_switch` (``remat_edges``) none are kept between the passes.
+  ``jax.checkpoint`` around the switch saved nothing on XLA:CPU (experiments/RESULTS.md: its
+  recomputation is CSE'd back into the forward pass).
   """
   names = list(SHARED_BN) + list(edge_names)
 
@@ -251,25 +325,24 @@ def _edge_op_fn(stride: int, train: bool, depthwise: str, edge_names):
       return y, pool_st, edge_st
     return run
 
-  branches = [branch(index) for index in range(len(DARTS_OPS))]
-
-  def edge_op(i, x, p, pool_st, edge_st):
-    return jax.lax.switch(i, branches, x, p, pool_st, edge_st)
-
-  return edge_op
+  return [branch(index) for index in range(len(DARTS_OPS))]
 
 
 class SampledDartsCell(nn.Module):
-  """:class:`jaxnas.spaces.darts.DartsCell` with :class:`SampledEdgeGroup` edges."""
+  """:class:`jaxnas.spaces.darts.DartsCell` with :class:`SampledEdgeGroup` edges.
+
+  ``train`` is positional so that :func:`jaxnas.spaces.remat.remat` can hold it static.
+  """
 
   channels: int
   reduction: bool
   reduction_prev: bool
   depthwise: str = "lax"
   dtype: Dtype = jnp.float32
+  remat_edges: bool = True
 
   @nn.compact
-  def __call__(self, s0, s1, weights, inactive=None, *, train: bool):
+  def __call__(self, s0, s1, weights, inactive, train: bool):
     c = self.channels
     states = [Preprocess(c, self.reduction_prev, self.dtype, name="pre0")(s0, train=train),
               Preprocess(c, False, self.dtype, name="pre1")(s1, train=train)]
@@ -278,7 +351,7 @@ class SampledDartsCell(nn.Module):
       edges = jnp.array(_EDGES_FROM[src])
       stride = 2 if self.reduction and src < 2 else 1
       out = SampledEdgeGroup(len(_EDGES_FROM[src]), c, stride, self.depthwise, self.dtype,
-                             name=f"from_{src}")(
+                             self.remat_edges, name=f"from_{src}")(
           states[src], weights[edges], None if inactive is None else inactive[edges], train=train)
       for slot, e in enumerate(_EDGES_FROM[src]):
         inbox[DARTS_EDGES[e][0]].append(out[..., slot, :])
@@ -293,7 +366,15 @@ class SampledDartsSearchNetwork(DartsSearchNetwork):
   Same attributes, parameters and batch statistics as :class:`DartsSearchNetwork`. ``weights`` is
   ``{"normal": (14, 8), "reduce": (14, 8)}`` and, for two-path relaxations, also
   ``"inactive": {"normal": (14, 8), "reduce": (14, 8)}``.
+
+  ``remat``: ``"none"`` and ``"op"`` both give the default sampled path, whose edges are
+  rematerialised (``edge_remat``); ``"cell"`` also wraps every cell in
+  :func:`jaxnas.spaces.remat.remat`. ``edge_remat=False`` (not a CLI option; set it with
+  ``model.clone(edge_remat=False)``) keeps each edge's switch residuals instead, the program
+  measured before edges were rematerialised; with ``remat="op"`` edges are rematerialised anyway.
   """
+
+  edge_remat: bool = True
 
   def _check_options(self):
     for field in dataclasses.fields(DartsSearchNetwork):
@@ -314,6 +395,13 @@ class SampledDartsSearchNetwork(DartsSearchNetwork):
       inactive = weights.pop(INACTIVE)
       check_weights(inactive, self.alpha_shapes(), "darts (sampled, inactive paths)")
     check_weights(weights, self.alpha_shapes(), "darts")
+    if self.remat not in REMAT_MODES:
+      raise JaxnasError(f"remat is {self.remat!r}; choose one of {', '.join(REMAT_MODES)}")
+    # `train` is passed positionally so that remat can hold it static (argument 5, the module 0).
+    cell_cls = SampledDartsCell
+    if self.remat == "cell":
+      cell_cls = remat(SampledDartsCell, static_argnums=(5,))
+    remat_edges = self.edge_remat or self.remat == "op"
     x = x.astype(self.dtype)
     c = self.channels
     stem_k = self.param("stem_kernel", torch_uniform(9 * x.shape[-1]),
@@ -330,9 +418,9 @@ class SampledDartsSearchNetwork(DartsSearchNetwork):
       kind = "reduce" if reduction else "normal"
       w = weights[kind].astype(self.dtype)
       other = None if inactive is None else jax.lax.stop_gradient(inactive[kind])
-      cell = SampledDartsCell(c_curr, reduction, reduction_prev, self.depthwise, self.dtype,
-                              name=f"cell_{i}")
-      s0, s1 = s1, cell(s0, s1, w, other, train=train)
+      cell = cell_cls(c_curr, reduction, reduction_prev, self.depthwise, self.dtype, remat_edges,
+                      name=f"cell_{i}")
+      s0, s1 = s1, cell(s0, s1, w, other, train)
       reduction_prev = reduction
     x = jnp.mean(s1, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.dtype,
