@@ -30,7 +30,8 @@ from jaxnas.errors import JaxnasError
 
 __all__ = ["AXIS", "initialize", "distributed_options", "barrier", "make_mesh", "replicated",
            "batch_sharding", "check_batch_size", "process_rows", "shard_batch", "replicate",
-           "jit_step", "compile_then_meet", "to_host", "local_copy", "writes_files"]
+           "jit_step", "compile_then_meet", "to_host", "local_copy", "writes_files",
+           "on_process_0"]
 
 AXIS = "data"
 
@@ -117,6 +118,36 @@ def barrier(name: str, timeout_s: float = 1800.0) -> None:
     return
   from jax._src import distributed  # the client of jax.distributed.initialize
   distributed.global_state.client.wait_at_barrier(name, int(timeout_s * 1000))
+
+
+def on_process_0(fn: Callable[[], str], name: str, timeout_s: float = 1800.0) -> str:
+  """``fn()`` run by process 0 alone, its result (a string) or its one-line error in every process.
+
+  What only process 0 does (creating the run directory) can fail there alone; the others would
+  then wait for it at the next barrier until JAX's coordination service gives up. Process 0
+  publishes the outcome under ``name`` in the coordination service's key-value store and the
+  others wait for it there, so a :class:`JaxnasError` (e.g. the run directory exists) ends every
+  process with the same line. With one process, ``fn()``.
+
+  Raises:
+    JaxnasError: the one ``fn`` raised in process 0, in every process.
+  """
+  if jax.process_count() == 1:
+    return fn()
+  from jax._src import distributed  # the client of jax.distributed.initialize
+  client, key = distributed.global_state.client, f"jaxnas/{name}"
+  if jax.process_index() == 0:
+    try:
+      result = fn()
+    except JaxnasError as e:
+      client.key_value_set(key, "error:" + str(e))
+      raise
+    client.key_value_set(key, "ok:" + result)
+    return result
+  outcome, _, text = client.blocking_key_value_get(key, int(timeout_s * 1000)).partition(":")
+  if outcome == "error":
+    raise JaxnasError(text)
+  return text
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:

@@ -686,11 +686,13 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
     run_dir = pathlib.Path(cfg.out)
     if (run_dir / "summary.json").exists():
       raise JaxnasError(f"{run_dir} holds a finished search (summary.json); nothing to resume")
-  elif writes:
-    run_dir = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
-    write_config(run_dir, plan, processes=jax.process_count())
-  else:  # process 1.. of a multi-process run: process 0 writes the run directory
-    run_dir = pathlib.Path(cfg.out) if cfg.out else _default_out(cfg)
+  else:
+    def make_run_dir() -> str:
+      path = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))
+      write_config(path, plan, processes=jax.process_count())
+      return str(path)
+    # Several processes: process 0 makes it; its path, or its one-line error, reaches every one.
+    run_dir = pathlib.Path(parallel.on_process_0(make_run_dir, "run-dir"))
   print(f"run directory: {run_dir}" + ("" if writes else f" (written by process 0; this is "
                                          f"process {jax.process_index()})"), file=stdout)
   print(f"{cfg.space} supernet, {num_params:,} weights; method {recipe.name} "

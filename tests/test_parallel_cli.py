@@ -91,20 +91,20 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  """Process 0 and 1 of a two-process run (one CPU device each), then one process alone with
-  one device and with two.
+# Both runs compile with XLA's cheap settings (as conftest does in-process); same numbers.
+ENV = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+           XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _two_processes(root, out: str) -> list:
+  """Runs ``jaxnas search TINY --out OUT`` as processes 0 and 1 (one CPU device each), process
+  ``i`` in the folder ``root/p<i>``; returns their exit codes (stdout, stderr in ``root``).
 
   Process 0 gets the explicit flags; process 1 gets ``--distributed auto`` in the environment a
   SLURM task sees (JAX's SLURM detection reads it; ``JAX_COORDINATOR_PORT`` sets the port).
   """
-  root = tmp_path_factory.mktemp("hosts")
-  # Both runs compile with XLA's cheap settings (as conftest does in-process); same numbers.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
   port = _free_port()
-  cmd = [sys.executable, "-m", "jaxnas.cli", "search", *TINY, "--out", "run"]
+  cmd = [sys.executable, "-m", "jaxnas.cli", "search", *TINY, "--out", out]
   flags = {0: (["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id",
                 "0"], {}),
            1: (["--distributed", "auto"], dict(
@@ -112,25 +112,48 @@ def runs(tmp_path_factory):
                SLURM_PROCID="1", SLURM_LOCALID="0", JAX_COORDINATOR_PORT=str(port)))}
   procs, logs = [], []
   for pid in (0, 1):
-    cwd = root / f"p{pid}"  # the same relative --out in two folders: who writes what
+    cwd = root / f"p{pid}"  # a relative --out in two folders: who writes what
     cwd.mkdir()
     # Output to files, not pipes: a process blocked on a full pipe would miss a barrier.
     logs.append((open(root / f"out{pid}", "w"), open(root / f"err{pid}", "w")))
-    procs.append(subprocess.Popen([*cmd, *flags[pid][0]], cwd=cwd, env={**env, **flags[pid][1]},
+    procs.append(subprocess.Popen([*cmd, *flags[pid][0]], cwd=cwd, env={**ENV, **flags[pid][1]},
                                   stdout=logs[-1][0], stderr=logs[-1][1]))
+  codes = []
   for pid, proc in enumerate(procs):
-    proc.wait(timeout=1800)
+    codes.append(proc.wait(timeout=1800))
     for f in logs[pid]:
       f.close()
-    assert proc.returncode == 0, (root / f"err{pid}").read_text()[-3000:]
+  return codes
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A two-process run, then one process alone with one device and with two."""
+  root = tmp_path_factory.mktemp("hosts")
+  codes = _two_processes(root, "run")
+  for pid in (0, 1):
+    assert codes[pid] == 0, (root / f"err{pid}").read_text()[-3000:]
   for name, devices in (("single", 1), ("two-devices", 2)):
     flags = f"--xla_force_host_platform_device_count={devices}"
     one = subprocess.run([sys.executable, "-m", "jaxnas.cli", "search", *TINY, "--out",
                           str(root / name), "--devices", str(devices)],
-                         env={**env, "XLA_FLAGS": flags}, capture_output=True, text=True,
+                         env={**ENV, "XLA_FLAGS": flags}, capture_output=True, text=True,
                          timeout=1800)
     assert one.returncode == 0, one.stderr[-3000:]
   return root
+
+
+@pytest.mark.slow
+def test_an_existing_run_directory_ends_every_process_in_one_line(tmp_path):
+  taken = tmp_path / "taken"
+  taken.mkdir()
+  assert _two_processes(tmp_path, str(taken)) == [2, 2]  # not process 0 alone, then a hang
+  for pid in (0, 1):
+    err = (tmp_path / f"err{pid}").read_text()
+    assert err.strip() == (
+        f"jaxnas: error: run directory {taken} already exists and is never overwritten; choose "
+        "another --out (or leave --out out to get a fresh timestamped one)"), err[-2000:]
+  assert list(taken.iterdir()) == []
 
 
 @pytest.mark.slow
