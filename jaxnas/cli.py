@@ -103,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "steps (0: only when the stopping rule needs it)")
   s.add_argument("--save-trajectory", type=_int, default=0, metavar="N",
                  help="save weights and alphas every N steps for 'jaxnas study hypergrad --run'")
-  scale = s.add_argument_group("scale", "several seeds in one program, several devices")
+  scale = s.add_argument_group("scale", "several seeds in one program, several devices, several "
+                               "processes (hosts)")
   scale.add_argument("--seeds", type=_int, default=None, metavar="N",
                      help="search seeds SEED..SEED+N-1 as one vmapped program: one run directory "
                           "per seed and a summary")
@@ -132,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
                   help="keep the newest K checkpoints (default 3)")
   ck.add_argument("--resume", action="store_true",
                   help="continue the run in --out RUN_DIR from its newest checkpoint, with the "
-                       "configuration of its config.json (other flags must agree with it)")
+                       "configuration of its config.json (other flags must agree with it); the "
+                       "output of --seeds N continues all its seeds")
   s.add_argument("--no-compile-cache", action="store_true",
                  help="do not use the persistent XLA compilation cache")
 
