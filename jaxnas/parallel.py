@@ -15,7 +15,8 @@ passes only its own rows of the global batch (:func:`process_rows`) to :func:`sh
 assembles the global array with ``jax.make_array_from_process_local_data``. ``jaxnas search
 --coordinator ADDR:PORT --num-processes N --process-id I`` (or ``--distributed auto``) does this
 from the command line (:func:`distributed_options`); only process 0 writes the run directory
-(:func:`writes_files`), from its own copy of the replicated state (:func:`local_copy`).
+(:func:`writes_files`), from its own copy of the replicated state (:func:`local_copy`), and tells
+the others the outcome of what only it does, errors included (:func:`on_process_0`).
 """
 
 from __future__ import annotations
