@@ -183,11 +183,11 @@ def test_branch_weights_get_no_gradient_and_the_rest_is_unchanged(grads):
 @pytest.mark.slow
 def test_d2nas_branch_runs_from_the_cli_and_leaves_the_branch_weights_as_initialised(tmp_path):
   out = tmp_path / "run"
-  flags = ["--space", "darts", "--channels", "2", "--cells", "3", "--batch-size", "4",
+  flags = ["--space", "darts", "--channels", "2", "--cells", "1", "--batch-size", "4",
            "--steps", "2"]
   assert cli.main(["search", "--method", "d2nas-branch", *flags, "--no-compile-cache",
                    "--out", str(out)]) == 0
-  plan = run.prepare(run.SearchConfig(space="darts", method="d2nas-branch", channels=2, cells=3,
+  plan = run.prepare(run.SearchConfig(space="darts", method="d2nas-branch", channels=2, cells=1,
                                       batch_size=4, steps=2))
   first = search.init_search_state(plan.model, plan.recipe, jax.random.key(0),
                                    plan.dataset.image_shape, steps_per_epoch=plan.steps_per_epoch,

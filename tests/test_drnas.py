@@ -386,7 +386,7 @@ def test_a_drnas_progressive_run_needs_channels_that_both_stages_divide(tmp_path
 def test_drnas_progressive_runs_two_stages_from_the_cli_and_resumes_in_stage_two(tmp_path, capsys):
   # 4 steps: stage 1 (K = 6, 7 ops) steps 1-2, stage 2 (K = 4, top-4 ops) steps 3-4.
   args = ["search", "--method", "drnas-progressive", "--space", "darts", "--channels", "12",
-          "--cells", "3", "--batch-size", "4", "--no-compile-cache", "--steps", "4",
+          "--cells", "1", "--batch-size", "4", "--no-compile-cache", "--steps", "4",
           "--checkpoint-every", "1", "--keep", "5"]
   out = tmp_path / "run"
   assert cli.main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
