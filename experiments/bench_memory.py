@@ -23,6 +23,11 @@ The paper figures (D2NAS, Table 4, GPU memory at the same configuration) are pri
 DARTS 9.4 GB, GDAS 3.1 GB, PC-DARTS 3.7 GB, D2NAS 2.1 GB. They are PyTorch allocator peaks on a GPU,
 ours are XLA's static buffer sizes (CPU or GPU): comparable in magnitude, not byte for byte.
 
+``--lowered-only`` skips the compile (minutes per entry at this size on a busy CPU) and prints
+the flop count of the lowered, unoptimised program (``lowered.cost_analysis()``), enough to
+compare two programs' arithmetic. XLA counts a ``switch`` at its costliest branch, so a sampled
+edge is counted as if it ran ``sep_conv_5x5`` whatever was sampled (an upper bound).
+
 One JSON line per entry goes to ``--log`` (appended) as soon as it is measured, so a long run can be
 read while it goes on.
 """
@@ -94,6 +99,12 @@ def measure(entry: str, args) -> dict | None:
   t0 = time.perf_counter()
   lowered = step.lower(state, batch, batch)
   t1 = time.perf_counter()
+  if args.lowered_only:
+    cost = lowered.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {"entry": entry, "recipe": name, "remat": remat, "batch": args.batch,
+            "channels": args.channels, "cells": args.cells, "size": args.size,
+            "lowered_flops": (cost or {}).get("flops"), "trace_s": round(t1 - t0, 1)}
   compiled = lowered.compile()
   t2 = time.perf_counter()
   ma = compiled.memory_analysis()
@@ -138,6 +149,8 @@ def main(argv=None) -> int:
   p.add_argument("--entries", default=",".join(DEFAULT_ENTRIES),
                  help="comma-separated recipe[+cell|+op] list")
   p.add_argument("--log", default=None, help="append one JSON line per entry here")
+  p.add_argument("--lowered-only", action="store_true",
+                 help="no compile: only the flops of the lowered (unoptimised) program")
   args = p.parse_args(argv)
   print(f"one search step, DARTS space, batch {args.batch}, C={args.channels}, {args.cells} cells, "
         f"{args.size}×{args.size}×3, backend {jax.default_backend()}", flush=True)
@@ -150,6 +163,13 @@ def main(argv=None) -> int:
       print(f"{entry}: failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True)
       continue
     if row is None:
+      continue
+    if args.lowered_only:
+      print(f"{row['entry']} | lowered GFLOP {_gflop(row['lowered_flops'])} | trace+lower "
+            f"{row['trace_s']} s", flush=True)
+      if args.log:
+        with open(args.log, "a") as f:
+          f.write(json.dumps(row) + "\n")
       continue
     print(f"{row['entry']} | {_gb(row['peak_bytes'])} | {_gb(row['temp_bytes'])} | "
           f"{_gb(row['argument_bytes'])} | {_gb(row['output_bytes'])} | "
