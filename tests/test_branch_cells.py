@@ -10,18 +10,9 @@ from jaxnas import cli, derive, methods, run, search, spaces
 from jaxnas.errors import JaxnasError
 from jaxnas.methods import ArchOptimizer, WeightOptimizer
 from jaxnas.spaces import branch
+from _variables import filled_variables
 
 IMAGE = (8, 8, 3)
-
-
-def _filled(model, seed):
-  """Variables of ``model`` with its init's shapes, filled from NumPy (nothing compiled)."""
-  alphas = jax.eval_shape(model.init_alphas, jax.random.key(0))
-  w = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), alphas)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + IMAGE), w,
-                                             train=False))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
 
 
 def _is_branch(path):
@@ -34,7 +25,7 @@ def params3():
   sampled one (the recipe's) has the same weights under the same names (tests/test_gumbel.py) and
   takes 5× longer to trace; the slow CLI test below runs the sampled one."""
   model = spaces.get("darts", channels=2, num_cells=3, branch_cells=True)
-  return model, _filled(model, 1)["params"]
+  return model, filled_variables(model, 1)["params"]
 
 
 def test_the_branch_cells_are_every_cells_candidate_operations_counted_by_hand(params3):
@@ -151,7 +142,7 @@ def grads():
   out = {}
   for branch in (True, False):
     model = spaces.get("darts", channels=2, num_cells=1, branch_cells=branch)
-    v = _filled(model, 5)
+    v = filled_variables(model, 5)
     stats = jax.tree.map(np.abs, v["batch_stats"])
     rng = np.random.default_rng(6)
     batch = {"image": jnp.asarray(rng.normal(size=(2,) + IMAGE)), "label": jnp.asarray([1, 3])}

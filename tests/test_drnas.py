@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxnas import cli, derive, relax, regularize, sampling
+from _variables import filled_variables
 
 ALPHA = np.array([0.4, -0.7, 1.2, 0.0, -1.5])  # both sides of ELU's kink
 N = 20_000
@@ -216,23 +217,13 @@ def test_widening_an_edge_group_follows_net2wider_by_hand():
   np.testing.assert_array_equal(new_s["max_pool_bn"]["var"], [7.0, 8.0, 8.0])
 
 
-def _filled(model, seed, image=(8, 8, 3)):
-  """Variables of ``model`` with its init's shapes, filled from NumPy (nothing compiled)."""
-  alphas = jax.eval_shape(model.init_alphas, jax.random.key(0))
-  w = jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), alphas)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1,) + image), w,
-                                             train=False))
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes)
-
-
 @pytest.fixture(scope="module")
 def boundary():
   """A tiny DrNAS stage-1 state (C = 12, 3 cells, K = 6) rebuilt into stage 2 (K = 4, 4 ops)."""
   recipe = methods.get("drnas-progressive")
   m1 = spaces.get("darts", channels=12, num_cells=3, partial_channels=6)
   m2 = spaces.get("darts", channels=12, num_cells=3, partial_channels=4)
-  v = _filled(m1, 8)
+  v = filled_variables(m1, 8)
   stats = jax.tree.map(np.abs, v["batch_stats"])
   w_tx, a_tx, _ = search.make_optimizers(recipe.weight_optimizer, recipe.arch_optimizer,
                                          steps_per_epoch=1, epochs=2)
@@ -248,7 +239,7 @@ def boundary():
   new, masks = progressive.rebuild(state, m2, keep_ops=4, op_names=m2.op_names, masks=None,
                                    key=jax.random.key(1), image_shape=(8, 8, 3))
   return dict(old=state, new=jax.device_get(new._replace(key=None)), new_key=new.key,
-              masks=masks, target=_filled(m2, 0), wdef=wdef)
+              masks=masks, target=filled_variables(m2, 0), wdef=wdef)
 
 
 def test_the_boundary_prunes_alphas_and_keeps_the_optimiser_step_and_key(boundary):
