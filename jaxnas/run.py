@@ -531,6 +531,17 @@ def resume_config(run_dir) -> tuple:
   return dataclasses.replace(cfg, out=str(run_dir), dry_run=False), recipe
 
 
+def resume_dir(cfg: SearchConfig, what: str) -> pathlib.Path:
+  """``cfg.out`` as the run directory to continue; a one-line error if it is not given or the
+  run there (a ``what``) has finished (its summary.json exists)."""
+  if not cfg.out:
+    raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
+  run_dir = pathlib.Path(cfg.out)
+  if (run_dir / "summary.json").exists():
+    raise JaxnasError(f"{run_dir} holds a finished {what} (summary.json); nothing to resume")
+  return run_dir
+
+
 def check_resume_flags(cfg: SearchConfig, given: SearchConfig, defaults: SearchConfig) -> None:
   """Raises a one-line error if ``given`` (the command line) sets a field unlike ``cfg`` (the run's).
 
@@ -681,11 +692,7 @@ def run_search(cfg: SearchConfig, *, stdout=None, recipe=None, resume: bool = Fa
                       "leave it out of a multi-process run (--num-processes / --distributed)")
 
   if resume:
-    if not cfg.out:
-      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
-    run_dir = pathlib.Path(cfg.out)
-    if (run_dir / "summary.json").exists():
-      raise JaxnasError(f"{run_dir} holds a finished search (summary.json); nothing to resume")
+    run_dir = resume_dir(cfg, "search")
   else:
     def make_run_dir() -> str:
       path = _make_run_dir(pathlib.Path(cfg.out) if cfg.out else _default_out(cfg))

@@ -254,11 +254,7 @@ def run_seeds(cfg, num_seeds: int, *, stdout=None, recipe=None, resume: bool = F
   parallel.check_batch_size(cfg.batch_size, mesh)
   seeds = list(range(cfg.seed, cfg.seed + num_seeds))
   if resume:
-    if not cfg.out:
-      raise JaxnasError("--resume needs --out RUN_DIR: the run directory to continue")
-    root = pathlib.Path(cfg.out)
-    if (root / "summary.json").exists():
-      raise JaxnasError(f"{root} holds a finished --seeds run (summary.json); nothing to resume")
+    root = run.resume_dir(cfg, "--seeds run")
     if seeds_of(root) != seeds:
       raise JaxnasError(f"{root / SEEDS_FILE} does not list seeds {seeds[0]}..{seeds[-1]}; "
                         "resume with the run's own configuration")
