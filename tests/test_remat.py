@@ -58,6 +58,23 @@ def _block(w, x, n):
   return x
 
 
+def _assert_same_derivatives(plain, late, ws, x, scale):
+  """``plain`` and ``late``, functions of ``(ws, x, scale)``: the same value, gradients (the
+  closed-over ``scale``'s included and non-zero) and forward-over-reverse Hessian-vector products
+  in ``(ws, x)`` (the exact products of darts-2nd-exact and eigen.py), float64."""
+  (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(ws, x, scale)
+                        for f in (plain, late))
+  np.testing.assert_allclose(v1, v0, rtol=1e-14)
+  _tree_close(g1, g0, rtol=1e-12, atol=1e-14)
+  assert float(jnp.abs(g0[2])) > 0  # the closed-over value's gradient is not lost
+  tangents = ([w.T for w in ws], x[::-1])
+  hvp0, hvp1 = (jax.jit(lambda ws, x, f=f: jax.jvp(
+      lambda ws, x: jax.grad(f, argnums=(0, 1))(ws, x, scale), (ws, x), tangents)[1])(ws, x)
+      for f in (plain, late))
+  _tree_close(hvp1, hvp0, rtol=1e-10, atol=1e-13)
+  assert max(float(jnp.max(jnp.abs(h))) for h in jax.tree.leaves(hvp0)) > 1e-3
+
+
 def test_late_checkpoint_has_the_functions_values_and_gradients():
   rng = np.random.default_rng(0)
   ws = [jnp.asarray(rng.standard_normal((3, 3))) for _ in range(3)]
@@ -69,19 +86,8 @@ def test_late_checkpoint_has_the_functions_values_and_gradients():
       x = wrap(lambda w, x, n: _block(scale * w, x, n), static_argnums=(2,))(w, x, 2)
     return jnp.sum(x ** 2)
 
-  plain = jax.value_and_grad(lambda *a: net(*a, lambda f, static_argnums: f), argnums=(0, 1, 2))
-  late = jax.value_and_grad(lambda *a: net(*a, late_checkpoint), argnums=(0, 1, 2))
-  (v0, g0), (v1, g1) = plain(ws, x, scale), late(ws, x, scale)
-  np.testing.assert_allclose(v1, v0, rtol=1e-14)
-  _tree_close(g1, g0, rtol=1e-12, atol=1e-14)
-  assert float(jnp.abs(g0[2])) > 0  # the closed-over value's gradient is not lost
-  # Forward-over-reverse (the exact Hessian-vector products of darts-2nd-exact and eigen.py).
-  grads = [jax.grad(lambda *a, wrap=wrap: net(*a, wrap), argnums=(0, 1))
-           for wrap in (lambda f, static_argnums: f, late_checkpoint)]
-  tangents = ([w.T for w in ws], x[::-1])
-  hvp0, hvp1 = (jax.jvp(lambda ws, x, g=g: g(ws, x, scale), (ws, x), tangents)[1] for g in grads)
-  _tree_close(hvp1, hvp0, rtol=1e-10, atol=1e-13)
-  assert max(float(jnp.max(jnp.abs(h))) for h in jax.tree.leaves(hvp0)) > 1e-3
+  _assert_same_derivatives(lambda *a: net(*a, lambda f, static_argnums: f),
+                           lambda *a: net(*a, late_checkpoint), ws, x, scale)
 
 
 def test_late_checkpoint_lowers_the_compiled_temp_buffer():
@@ -122,20 +128,8 @@ def test_late_switch_has_the_switchs_values_and_gradients():
       x = switch(jnp.asarray(j % 3), _branches(scale), w, x)
     return jnp.sum(x ** 2)
 
-  plain = lambda *a: net(*a, jax.lax.switch)  # noqa: E731
-  late = lambda *a: net(*a, late_switch)  # noqa: E731
-  (v0, g0), (v1, g1) = (jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(ws, x, scale)
-                        for f in (plain, late))
-  np.testing.assert_allclose(v1, v0, rtol=1e-14)
-  _tree_close(g1, g0, rtol=1e-12, atol=1e-14)
-  assert float(jnp.abs(g0[2])) > 0  # the closed-over value's gradient is not lost
-  # Forward-over-reverse (Hessian-vector products).
-  tangents = ([w.T for w in ws], x[::-1])
-  hvp0, hvp1 = (jax.jit(lambda ws, x, f=f: jax.jvp(
-      lambda ws, x: jax.grad(f, argnums=(0, 1))(ws, x, scale), (ws, x), tangents)[1])(ws, x)
-      for f in (plain, late))
-  _tree_close(hvp1, hvp0, rtol=1e-10, atol=1e-13)
-  assert max(float(jnp.max(jnp.abs(h))) for h in jax.tree.leaves(hvp0)) > 1e-3
+  _assert_same_derivatives(lambda *a: net(*a, jax.lax.switch), lambda *a: net(*a, late_switch),
+                           ws, x, scale)
 
 
 def test_late_switch_keeps_no_branch_residuals():
